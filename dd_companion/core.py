@@ -15,7 +15,8 @@ import torch
 __all__ = ['PACKAGE_ROOT', 'project_root', 'data_dir', 'downloads_dir', 'buffers_dir', 'runs_dir', 'figures_dir', 'DDError',
            'check_choice', 'check_range', 'atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_save_json',
            'atomic_torch_save', 'atomic_savefig', 'safe_torch_load', 'sha256_file', 'config_hash', 'set_seed',
-           'peak_rss_mb', 'Timer', 'environment_info', 'default_device', 'file_lock']
+           'peak_rss_mb', 'Timer', 'environment_info', 'default_device', 'file_lock', 'experiment_out', 'save_results',
+           'fmt_mean_std', 'save_table', 'check_notebook_params']
 
 # %% ../nbs/00_core.ipynb #cell-005
 PACKAGE_ROOT = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd()
@@ -172,3 +173,58 @@ def file_lock(path, poll: float = 0.5, message: str | None = None):
             fcntl.flock(f, fcntl.LOCK_EX)
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+# %% ../nbs/00_core.ipynb #cell-027
+def experiment_out(name: str, out_dir: str = '') -> Path:
+    "The output folder of an experiment notebook (created; must be writable)."
+    out = Path(out_dir) if out_dir else runs_dir() / 'smoke' / name
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f'.write-test-{os.getpid()}'
+        probe.write_text('ok'); probe.unlink()
+    except OSError as e:
+        raise DDError(f"out_dir={str(out)!r} is not writable ({e.strerror}); pass a writable folder as out_dir.") from None
+    return out
+
+def save_results(out: Path, name: str, params: dict, results: dict) -> Path:
+    "Write `<out>/<name>.json`: parameters, their hash, results, environment, finish time."
+    path = Path(out) / f'{name}.json'
+    atomic_save_json(path, {'experiment': name, 'config_hash': config_hash(params), 'params': params, 'results': results,
+                            'environment': environment_info(), 'finished': time.strftime('%Y-%m-%dT%H:%M:%S%z')})
+    return path
+
+def fmt_mean_std(values, scale: float = 100.0, digits: int = 1) -> str:
+    "'mean ± std' of a list of accuracies (as percentages by default)."
+    a = np.asarray(values, dtype=float) * scale
+    return f'{a.mean():.{digits}f} ± {a.std():.{digits}f}' if len(a) else ''
+
+def save_table(rows: list, out: Path, name: str, title: str = '') -> tuple:
+    "Write a list of dicts as `<name>.csv` and `<name>.md` (atomically); returns both paths."
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    esc = lambda v: '' if v is None else str(v)
+    csv_lines = [','.join(cols)] + [','.join('"' + esc(r.get(c)).replace('"', '""') + '"' if ',' in esc(r.get(c)) else esc(r.get(c)) for c in cols) for r in rows]
+    md = ([f'**{title}**', ''] if title else []) + ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
+    md += ['| ' + ' | '.join(esc(r.get(c)) for c in cols) + ' |' for r in rows]
+    csv_path, md_path = Path(out) / f'{name}.csv', Path(out) / f'{name}.md'
+    atomic_write_text(csv_path, '\n'.join(csv_lines) + '\n'); atomic_write_text(md_path, '\n'.join(md) + '\n')
+    return csv_path, md_path
+
+# %% ../nbs/00_core.ipynb #cell-030
+_TYPES = {'int': int, 'float': (int, float), 'str': str, 'list': (list, tuple), 'bool': bool, 'dict': dict}
+
+def check_notebook_params(namespace: dict, names=None) -> dict:
+    "Check annotated notebook parameters against their types; returns {name: value}."
+    ann = namespace.get('__annotations__', {})
+    out = {}
+    for name, t in ann.items():
+        if names is not None and name not in names: continue
+        tname = t if isinstance(t, str) else getattr(t, '__name__', str(t))
+        tname = tname.replace(' | None', '').replace('None | ', '')
+        want = _TYPES.get(tname)
+        v = namespace.get(name)
+        if want is not None and v is not None and (not isinstance(v, want) or (tname in ('int', 'float') and isinstance(v, bool))):
+            hint = (" With papermill, pass lists and dicts as YAML: -y \"" + name + ": [1, 10]\"" if tname in ('list', 'dict') else
+                    " With papermill, -p converts numbers automatically; quote nothing else.")
+            raise DDError(f"notebook parameter {name} must be of type {tname}, got {type(v).__name__} {v!r}.{hint}")
+        out[name] = v
+    return out

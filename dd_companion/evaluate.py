@@ -22,7 +22,7 @@ from .augment import DSA, crop_flip
 # %% auto #0
 __all__ = ['AUGMENTS', 'SCHEDULES', 'PROTOCOLS', 'EvalProtocol', 'protocol', 'lr_at', 'soft_cross_entropy', 'augment_batch',
            'accuracy', 'train_module', 'train_stacked', 'stacked_accuracy', 'EvalResult', 'check_set_matches',
-           'evaluate_set', 'random_real_set', 'save_distilled', 'load_distilled']
+           'evaluate_set', 'random_real_set', 'save_distilled', 'load_distilled', 'plot_image_grid']
 
 # %% ../nbs/04_evaluate.ipynb #cell-005
 AUGMENTS = ['dsa', 'crop_flip', 'combined', 'none']
@@ -235,3 +235,25 @@ def load_distilled(path, data: RealData | None = None) -> dict:
             raise DDError(f"distilled set {path} was made with zca={d['zca']}, mean={d['mean']} but the evaluation data "
                           f"has zca={data.zca is not None}, mean={list(data.info.mean)}: load the dataset with the same normalisation.")
     return d
+
+# %% ../nbs/04_evaluate.ipynb #cell-027
+def plot_image_grid(images, labels, data: RealData, per_class: int | None = None, path=None, title: str = '', max_classes: int = 10):
+    "Grid of images, one row per class (hard labels, or the argmax of soft labels)."
+    import matplotlib.pyplot as plt
+    from dd_companion.core import atomic_savefig
+    y = labels.argmax(-1) if labels.is_floating_point() else labels
+    classes = sorted(set(y.tolist()))[:max_classes]
+    per_class = per_class or max(int((y == c).sum()) for c in classes)
+    shown = data.to_display(images)
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9 + 0.8, len(classes) * 0.9 + 0.4), squeeze=False)
+    for r, c in enumerate(classes):
+        pos = (y == c).nonzero().flatten()[:per_class]
+        for j in range(per_class):
+            ax = axes[r][j]; ax.set_xticks([]); ax.set_yticks([])
+            for s in ax.spines.values(): s.set_visible(False)
+            if j < len(pos): ax.imshow(shown[pos[j]].permute(1, 2, 0).numpy())
+        axes[r][0].set_ylabel(data.classes[c][:8], rotation=0, ha='right', va='center', fontsize=8)
+    if title: fig.suptitle(title, fontsize=10)
+    fig.tight_layout(pad=0.2)
+    if path: atomic_savefig(fig, path)
+    return fig

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_matching.ipynb #cell-002
 from __future__ import annotations
-import json, math, time
+import json, math, os, time
 from dataclasses import dataclass, asdict, field, replace, fields
 from pathlib import Path
 from typing import Callable
