@@ -56,6 +56,7 @@ class ExpertConfig:
 
 EXPERT_PRESETS = {
     'p-quick': ExpertConfig(),
+    'lite': ExpertConfig(width=32, num_experts=3, epochs=8),
     'smoke': ExpertConfig(width=16, num_experts=2, epochs=3, train_per_class=20, test_per_class=10),
     'mtt-cifar10': ExpertConfig(dataset='cifar10', zca=True, num_experts=100, epochs=50),
     'mtt-cifar10-nozca': ExpertConfig(dataset='cifar10', zca=False, num_experts=100, epochs=50),

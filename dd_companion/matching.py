@@ -440,6 +440,7 @@ def distill(cfg: DistillConfig | None = None, **kw) -> Distiller:
 # %% ../nbs/06_matching.ipynb #cell-026
 PRESETS = {
     'p-quick': {},
+    'lite': dict(experts='lite', iterations=100, eval_overrides={'width': 32}),
     'smoke': dict(experts='smoke', train_per_class=20, test_per_class=10, syn_steps=3, expert_epochs=1, max_start_epoch=2,
                   iterations=4, eval_protocol='smoke', checkpoint_every=2),
 }
