@@ -11,7 +11,7 @@ from .models import FlatModel
 from .matching import initialiser, METHODS, PRESETS, DistillConfig, distill_config, Distiller
 
 # %% auto #0
-__all__ = ['expert_predictions', 'init_predicted_correctly', 'soft_label_init', 'paper_config']
+__all__ = ['NOTEBOOK_PRESETS', 'expert_predictions', 'init_predicted_correctly', 'soft_label_init', 'paper_config']
 
 # %% ../nbs/07_datm.ipynb #cell-005
 @torch.no_grad()
@@ -80,3 +80,12 @@ def paper_config(method: str, dataset: str, ipc: int) -> dict:
                 lr_y=float(ly), threshold=th, batch_syn=bs, min_start_epoch=lo, max_start_epoch=hi, zca=dataset != 'tinyimagenet',
                 start_sampler='sequential' if cur is not None else 'uniform', current_max_start_epoch=cur, expansion_end_epoch=end,
                 iterations=10000, eval_protocol='mtt', lr_teacher=0.01)
+
+# %% ../nbs/07_datm.ipynb #cell-014
+NOTEBOOK_PRESETS = {
+    'matching_compare': {
+        'lite': dict(preset='lite', ipcs=[1], methods=['random', 'mtt'], seeds=[0]),
+        'quick': dict(preset='p-quick', ipcs=[1, 10], methods=['random', 'mtt', 'datm'], seeds=[0, 1, 2]),
+        'paper': dict(preset='p-quick', ipcs=[1, 10, 50], methods=['random', 'mtt', 'datm'], seeds=[0, 1, 2], paper_dataset='cifar10'),
+    },
+}
