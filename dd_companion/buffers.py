@@ -5,7 +5,7 @@
 # %% ../nbs/05_buffers.ipynb #cell-002
 from __future__ import annotations
 import json, os, time
-from dataclasses import dataclass, asdict, field, replace
+from dataclasses import dataclass, asdict, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import (DDError, check_choice, check_range, atomic_write, atomic_save_json, atomic_torch_save,
+from .core import (remove_stale_tmp, DDError, check_choice, check_range, atomic_write, atomic_save_json, atomic_torch_save,
                                safe_torch_load, sha256_file, config_hash, buffers_dir, file_lock, environment_info, Timer)
 from .data import RealData, load_dataset, DATASETS
 from .models import model_for, FlatModel, MODELS
@@ -69,6 +69,9 @@ EXPERT_PRESETS = {
 
 def expert_config(preset: str = 'p-quick', **overrides) -> ExpertConfig:
     check_choice('expert preset', preset, EXPERT_PRESETS)
+    known = [f.name for f in fields(ExpertConfig)]
+    unknown = [k for k in overrides if k not in known]
+    if unknown: raise DDError(f"unknown expert option(s) {', '.join(map(repr, unknown))}; ExpertConfig has: {', '.join(known)}.")
     return replace(EXPERT_PRESETS[preset], **overrides).validate()
 
 # %% ../nbs/05_buffers.ipynb #cell-008
@@ -184,6 +187,7 @@ def build_experts(cfg: ExpertConfig | str = 'p-quick', data: RealData | None = N
     folder = Path(root or buffers_dir()) / cfg.key
     folder.mkdir(parents=True, exist_ok=True)
     with file_lock(folder / '.lock', message=f'waiting for another process building the buffer {folder} ...'):
+        remove_stale_tmp(folder, only_dead=False)            # we hold the lock: any temporary file is a dead writer's
         man = _manifest(folder)
         done = {int(k): v for k, v in man.get('experts', {}).items()}
         todo = [i for i in range(cfg.num_experts) if done.get(i, {}).get('epochs', 0) < cfg.epochs]

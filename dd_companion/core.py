@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #cell-002
 from __future__ import annotations
-import contextlib, hashlib, json, os, platform, random, resource, sys, tempfile, time
+import contextlib, hashlib, io, json, math, os, platform, random, re, resource, sys, tempfile, time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -14,9 +14,9 @@ import torch
 # %% auto #0
 __all__ = ['PACKAGE_ROOT', 'project_root', 'data_dir', 'downloads_dir', 'buffers_dir', 'runs_dir', 'figures_dir', 'DDError',
            'check_choice', 'check_range', 'atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_save_json',
-           'atomic_torch_save', 'atomic_savefig', 'safe_torch_load', 'sha256_file', 'config_hash', 'set_seed',
-           'peak_rss_mb', 'Timer', 'environment_info', 'default_device', 'file_lock', 'experiment_out', 'save_results',
-           'fmt_mean_std', 'save_table', 'check_notebook_params']
+           'atomic_torch_save', 'atomic_savefig', 'remove_stale_tmp', 'check_writable_dir', 'safe_torch_load',
+           'sha256_file', 'config_hash', 'set_seed', 'peak_rss_mb', 'Timer', 'environment_info', 'default_device',
+           'file_lock', 'experiment_out', 'save_results', 'fmt_mean_std', 'save_table', 'check_notebook_params']
 
 # %% ../nbs/00_core.ipynb #cell-005
 PACKAGE_ROOT = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd()
@@ -63,6 +63,8 @@ def check_range(name: str, value, lo=None, hi=None, kind=(int, float), why: str 
     "Raise `DDError` unless `lo <= value <= hi` (either bound may be None) and `value` has the right type."
     if isinstance(value, bool) or not isinstance(value, kind):
         raise DDError(f"{name}={value!r} must be a number ({'integer' if kind is int else 'real'}){why}.")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DDError(f"{name}={value!r} must be a finite number{why}.")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
         raise DDError(f"{name}={value!r} is outside the allowed range {rng}{why}.")
@@ -74,8 +76,9 @@ def atomic_write(path, mode: str = 'wb'):
     "Context manager yielding a temporary file object that replaces `path` only if the block succeeds."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp')
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)                     # mkstemp creates 0o600; give the file open()'s usual mode
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush(); os.fsync(f.fileno())
@@ -83,6 +86,8 @@ def atomic_write(path, mode: str = 'wb'):
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
+
+_UMASK = os.umask(0o022); os.umask(_UMASK)
 
 def atomic_write_bytes(path, data: bytes):
     with atomic_write(path, 'wb') as f: f.write(data)
@@ -103,7 +108,8 @@ def atomic_save_json(path, obj, indent=2):
 
 def atomic_torch_save(path, obj):
     "`torch.save` through `atomic_write`."
-    with atomic_write(path, 'wb') as f: torch.save(obj, f)
+    buf = io.BytesIO(); torch.save(obj, buf)              # serialise first: a full disk then surfaces as OSError(ENOSPC)
+    atomic_write_bytes(path, buf.getbuffer())
 
 def atomic_savefig(fig, path, **kwargs):
     "Save a matplotlib figure atomically (format from the suffix)."
@@ -111,6 +117,37 @@ def atomic_savefig(fig, path, **kwargs):
     with atomic_write(path, 'wb') as f: fig.savefig(f, format=path.suffix.lstrip('.'), **{'dpi': 120, 'bbox_inches': 'tight', **kwargs})
 
 # %% ../nbs/00_core.ipynb #cell-015
+_TMP_NAME = re.compile(r'^\.(?P<target>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$')
+
+def _pid_alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def remove_stale_tmp(folder, prefix: str = '', only_dead: bool = True) -> list:
+    "Delete temporary files of atomic writes in `folder` left by killed writers (only dead pids unless `only_dead=False`)."
+    removed = []
+    for p in Path(folder).glob(f'.{prefix}*.tmp'):
+        m = _TMP_NAME.match(p.name)
+        if only_dead:
+            if m and _pid_alive(int(m['pid'])): continue
+            if not m and time.time() - p.stat().st_mtime < 3600: continue
+        with contextlib.suppress(FileNotFoundError): p.unlink(); removed.append(p.name)
+    return removed
+
+def check_writable_dir(path, name: str = 'out_dir') -> Path:
+    "Create `path` and check that a file can be written in it; a `DDError` naming `name` otherwise."
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f'.write-test-{os.getpid()}'
+        probe.write_text('ok'); probe.unlink()
+    except OSError as e:
+        raise DDError(f"{name}={str(path)!r} is not writable ({e.strerror}); pass a writable folder as {name}.") from None
+    return path
+
+# %% ../nbs/00_core.ipynb #cell-018
 def safe_torch_load(path, what: str = 'file'):
     "Load a `.pt` file with `weights_only=True`; any failure becomes a `DDError` naming the file."
     path = Path(path)
@@ -121,7 +158,7 @@ def safe_torch_load(path, what: str = 'file'):
         raise DDError(f"{what} {path} is truncated, corrupt or not a weights-only torch file "
                       f"({type(e).__name__}: {str(e)[:200]}). Delete it and rerun to regenerate it.") from e
 
-# %% ../nbs/00_core.ipynb #cell-018
+# %% ../nbs/00_core.ipynb #cell-021
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     "SHA-256 hex digest of a file, read in chunks."
     h = hashlib.sha256()
@@ -138,7 +175,7 @@ def set_seed(seed: int):
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
-# %% ../nbs/00_core.ipynb #cell-021
+# %% ../nbs/00_core.ipynb #cell-024
 def peak_rss_mb() -> float:
     "Peak resident set size of this process so far, in MiB (Linux reports KiB)."
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -159,7 +196,7 @@ def default_device() -> str:
     "`cuda` when a GPU is visible (and `DD_COMPANION_DEVICE` does not say otherwise), else `cpu`."
     return os.environ.get('DD_COMPANION_DEVICE', 'cuda' if torch.cuda.is_available() else 'cpu')
 
-# %% ../nbs/00_core.ipynb #cell-024
+# %% ../nbs/00_core.ipynb #cell-027
 import fcntl
 
 @contextlib.contextmanager
@@ -174,16 +211,11 @@ def file_lock(path, poll: float = 0.5, message: str | None = None):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-# %% ../nbs/00_core.ipynb #cell-027
+# %% ../nbs/00_core.ipynb #cell-030
 def experiment_out(name: str, out_dir: str = '') -> Path:
     "The output folder of an experiment notebook (created; must be writable)."
-    out = Path(out_dir) if out_dir else runs_dir() / 'smoke' / name
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f'.write-test-{os.getpid()}'
-        probe.write_text('ok'); probe.unlink()
-    except OSError as e:
-        raise DDError(f"out_dir={str(out)!r} is not writable ({e.strerror}); pass a writable folder as out_dir.") from None
+    out = check_writable_dir(Path(out_dir) if out_dir else runs_dir() / 'smoke' / name, 'out_dir')
+    remove_stale_tmp(out, prefix=name)                    # left by a run of this experiment killed mid-write
     return out
 
 def save_results(out: Path, name: str, params: dict, results: dict) -> Path:
@@ -209,12 +241,20 @@ def save_table(rows: list, out: Path, name: str, title: str = '') -> tuple:
     atomic_write_text(csv_path, '\n'.join(csv_lines) + '\n'); atomic_write_text(md_path, '\n'.join(md) + '\n')
     return csv_path, md_path
 
-# %% ../nbs/00_core.ipynb #cell-030
+# %% ../nbs/00_core.ipynb #cell-033
 _TYPES = {'int': int, 'float': (int, float), 'str': str, 'list': (list, tuple), 'bool': bool, 'dict': dict}
 
 def check_notebook_params(namespace: dict, names=None) -> dict:
     "Check annotated notebook parameters against their types; returns {name: value}."
     ann = namespace.get('__annotations__', {})
+    injected = [s for s in namespace.get('In', []) if isinstance(s, str) and s.startswith('# Parameters\n')]
+    if injected:                                          # the cell papermill injects after the parameters cell
+        import ast
+        given = [t.id for node in ast.parse(injected[-1]).body if isinstance(node, ast.Assign)
+                 for t in node.targets if isinstance(t, ast.Name)]
+        unknown = [n for n in given if n not in ann]
+        if unknown:
+            raise DDError(f"unknown notebook parameter(s) {', '.join(unknown)}; this notebook accepts: {', '.join(ann)}.")
     out = {}
     for name, t in ann.items():
         if names is not None and name not in names: continue

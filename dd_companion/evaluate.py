@@ -5,7 +5,7 @@
 # %% ../nbs/04_evaluate.ipynb #cell-002
 from __future__ import annotations
 import json, math, time
-from dataclasses import dataclass, asdict, field, replace
+from dataclasses import dataclass, asdict, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,9 @@ PROTOCOLS = {
 def protocol(name: str = 'p-quick', **overrides) -> EvalProtocol:
     "A named protocol with fields overridden."
     check_choice('protocol', name, PROTOCOLS)
+    known = [f.name for f in fields(EvalProtocol)]
+    unknown = [k for k in overrides if k not in known]
+    if unknown: raise DDError(f"unknown evaluation option(s) {', '.join(map(repr, unknown))}; EvalProtocol has: {', '.join(known)}.")
     return replace(PROTOCOLS[name], **overrides).validate()
 
 # %% ../nbs/04_evaluate.ipynb #cell-008
@@ -230,7 +233,8 @@ def load_distilled(path, data: RealData | None = None) -> dict:
     if d['images'].dtype != torch.float32 or d['images'].dim() != 4:
         raise DDError(f"distilled set {path}: images must be float32 N×C×H×W, got {d['images'].dtype} {tuple(d['images'].shape)}.")
     if data is not None:
-        check_set_matches(d['images'], d['labels'], data)
+        try: check_set_matches(d['images'], d['labels'], data)
+        except DDError as err: raise DDError(f"distilled set {path}: {err}") from None
         if bool(d['zca']) != (data.zca is not None) or list(d['mean']) != list(data.info.mean):
             raise DDError(f"distilled set {path} was made with zca={d['zca']}, mean={d['mean']} but the evaluation data "
                           f"has zca={data.zca is not None}, mean={list(data.info.mean)}: load the dataset with the same normalisation.")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import (DDError, check_choice, check_range, atomic_torch_save, atomic_save_json, safe_torch_load,
+from .core import (check_writable_dir, remove_stale_tmp, DDError, check_choice, check_range, atomic_torch_save, atomic_save_json, safe_torch_load,
                                config_hash, runs_dir, environment_info, peak_rss_mb)
 from .data import RealData, load_dataset, DATASETS
 from .models import model_for, FlatModel, MODELS
@@ -103,6 +103,10 @@ def validate(cfg: DistillConfig, data: RealData | None = None, buffer: ExpertBuf
     check_choice('con_loss', cfg.con_loss, ['supcon', 'ntxent']); check_choice('sel_beta_mode', cfg.sel_beta_mode, ['fraction', 'code'])
     check_choice('eval_protocol', cfg.eval_protocol, PROTOCOLS)
     if cfg.model is not None: check_choice('model', cfg.model, MODELS)
+    for n in ('zca', 'dsa'):
+        if not isinstance(getattr(cfg, n), bool): raise DDError(f"{n}={getattr(cfg, n)!r} must be True or False.")
+    eval_protocol(cfg.eval_protocol, **cfg.eval_overrides)    # unknown evaluation options fail now, not after the run
+    cfg.expert_cfg()                                          # ... and unknown expert options
     check_range('ipc', cfg.ipc, 1, None, int); check_range('syn_steps', cfg.syn_steps, 1, None, int)
     check_range('expert_epochs', cfg.expert_epochs, 1, None, int); check_range('iterations', cfg.iterations, 0, None, int)
     check_range('min_start_epoch', cfg.min_start_epoch, 0, None, int)
@@ -281,15 +285,19 @@ class Distiller:
         _ensure_methods_loaded()
         validate(cfg)
         self.cfg, self.progress = cfg, progress
-        self.data = data or load_dataset(cfg.dataset, zca=cfg.zca, train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class)
-        validate(cfg, self.data)
+        self.out_dir = check_writable_dir(out_dir or runs_dir() / 'distill' / cfg.key(), 'out_dir')
         ecfg = cfg.expert_cfg()
         if cfg.num_experts: ecfg = replace(ecfg, num_experts=cfg.num_experts)
+        if buffer is not None: validate(cfg, buffer=buffer)       # before loading (and ZCA-fitting) the data
+        elif cfg.max_start_epoch - 1 + cfg.expert_epochs > ecfg.epochs:
+            raise DDError(f"max_start_epoch={cfg.max_start_epoch} with expert_epochs={cfg.expert_epochs} needs experts with at "
+                          f"least {cfg.max_start_epoch - 1 + cfg.expert_epochs} epochs, but experts={cfg.experts!r} has "
+                          f"{ecfg.epochs}: lower max_start_epoch or expert_epochs, or ask for more expert epochs.")
+        self.data = data or load_dataset(cfg.dataset, zca=cfg.zca, train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class)
+        validate(cfg, self.data)
         self.buffer = buffer or build_experts(ecfg, data=self.data, progress=progress)
         validate(cfg, self.data, self.buffer)
-        self.out_dir = Path(out_dir or runs_dir() / 'distill' / cfg.key())
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.out_dir, os.W_OK): raise DDError(f"the output folder {self.out_dir} is not writable; choose another out_dir.")
+        remove_stale_tmp(self.out_dir, only_dead=False)           # one Distiller per out_dir: these are a killed run's
         bc = self.buffer.config
         self.net = model_for(self.data, bc['model'], width=bc['width'], depth=bc['depth'], norm=bc['norm']).to(cfg.device)
         self.fm = FlatModel(self.net)

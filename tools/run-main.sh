@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The main job on the embedded data: set up (once), then regenerate the quick tables and figures into figures/quick/.
+# The main job: set up (once), then regenerate the 'lite' subset of both papers' tables and figures with the
+# reproduction runner (dd-companion reproduce) into figures/lite/, and print the rendered tables.
+# A second invocation is served from the cache. The full quick run (every table and figure on the embedded data,
+# CPU, hours) is one flag away:   bash tools/run-main.sh --preset quick
+# Other options: bash tools/run-main.sh --list | --dry-run | --jobs 2 | --only ID ... (see dd-companion reproduce -h)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
-mkdir -p runs/quick
-.venv/bin/papermill nbs/experiments/random_real.ipynb runs/quick/random_real.ipynb --cwd nbs/experiments \
-  -y "{ipcs: [1, 10, 50], runs: 3, epochs: 300, width: 128, train_per_class: 0, test_per_class: 0, out_dir: '$PWD/figures/quick'}"
-cat figures/quick/random_real.md
+exec .venv/bin/dd-companion reproduce --preset lite --print-tables "$@"
