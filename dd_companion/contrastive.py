@@ -317,7 +317,7 @@ _PAPER_ALL = dict(scale='paper', datasets=['cifar10', 'cifar100', 'tinyimagenet'
                   eval_runs=5, device='cuda')
 NOTEBOOK_PRESETS = {
     'datmclr_table1_main': {
-        'quick': dict(scale='p-quick', ipcs=[1, 10], seeds=[0, 1, 2], seeds_per_ipc={'10': [0]}, eval_runs=3),
+        'quick': dict(scale='p-quick', ipcs=[1], seeds=[0, 1, 2], eval_runs=3),
         'paper': dict(_PAPER_ALL)},
     'datmclr_table2_crossarch': {
         'quick': dict(scale='p-quick', ipcs=[1], methods=['mtt', 'datm', 'datm-clr'], seeds=[0, 1, 2], eval_runs=3, eval_epochs=0),

@@ -84,7 +84,6 @@ def paper_config(method: str, dataset: str, ipc: int) -> dict:
 # %% ../nbs/07_datm.ipynb #cell-014
 NOTEBOOK_PRESETS = {
     'matching_compare': {
-        'lite': dict(preset='lite', ipcs=[1], methods=['random', 'mtt'], seeds=[0]),
         'quick': dict(preset='p-quick', ipcs=[1, 10], methods=['random', 'mtt', 'datm'], seeds=[0, 1, 2]),
         'paper': dict(preset='p-quick', ipcs=[1, 10, 50], methods=['random', 'mtt', 'datm'], seeds=[0, 1, 2], paper_dataset='cifar10'),
     },

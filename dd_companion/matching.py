@@ -187,7 +187,7 @@ def meta_gradient_unrolled(fm, theta_start, target, images, labels, syn_lr, plan
 def meta_gradient_checkpointed(fm, theta_start, target, images, labels, syn_lr, plan, inner, outer_terms, outer_draws):
     "Same result as `meta_gradient_unrolled`, with one inner step's graph in memory at a time."
     soft = labels.is_floating_point()
-    X, Y, eta = images.detach(), labels.detach(), float(syn_lr)
+    X, Y, eta = images.detach(), labels.detach(), syn_lr.detach().item()
     thetas = [theta_start.detach()]
     for st in plan:                                                    # forward: parameters only, no graph
         th = thetas[-1].clone().requires_grad_(True)
@@ -353,9 +353,9 @@ class Distiller:
         r = META_GRADIENTS[cfg.meta_grad](self.fm, th_start.to(cfg.device), th_target.to(cfg.device), self.images, self.labels,
                                           self.syn_lr, plan, self.comps.inner, self.comps.outer_terms, outer)
         tm = float(r['tm']); total = tm + sum(float(e) for e in r['extras'])
-        check_numerics(total, float(self.syn_lr), r['g_images'], cfg, it, self.last_ckpt)
+        check_numerics(total, self.syn_lr.detach().item(), r['g_images'], cfg, it, self.last_ckpt)
         rec = {'iteration': it, 'expert': expert, 'start_epoch': start, 'loss_tm': tm, 'loss': total,
-               'extras': [float(e) for e in r['extras']], 'syn_lr': float(self.syn_lr)}
+               'extras': [float(e) for e in r['extras']], 'syn_lr': self.syn_lr.detach().item()}
         mask = self.comps.update_mask
         if mask is not None:
             gn = r['g_images'].flatten(1).norm(dim=1)
@@ -369,7 +369,7 @@ class Distiller:
             self.opt_img.step(); self.opt_lr.step()
             if self.opt_y is not None and r['g_labels'] is not None:
                 self.labels.grad = r['g_labels']; self.opt_y.step()
-            check_numerics(total, float(self.syn_lr), self.images.detach(), cfg, it, self.last_ckpt)
+            check_numerics(total, self.syn_lr.detach().item(), self.images.detach(), cfg, it, self.last_ckpt)
         rec['seconds'] = time.perf_counter() - t0
         self.history.append(rec)
         self.iteration += 1
@@ -408,12 +408,12 @@ class Distiller:
     def evaluate(self, **overrides):
         cfg = self.cfg
         p = eval_protocol(cfg.eval_protocol, **{**cfg.eval_overrides, **overrides})
-        return evaluate_set(self.images.detach(), self.labels.detach(), self.data, p, set_lr=float(self.syn_lr),
-                            seed=cfg.seed, is_real=self.comps.is_real, progress=self.progress)
+        return evaluate_set(self.images.detach(), self.labels.detach(), self.data, p, set_lr=self.syn_lr.detach().item(),
+                            seed=cfg.seed, is_real=self.comps.is_real, device=cfg.device, progress=self.progress)
 
     def export(self, path=None):
         path = Path(path or self.out_dir / 'distilled.pt')
-        return save_distilled(path, self.images, self.labels, float(self.syn_lr), self.data, asdict(self.cfg),
+        return save_distilled(path, self.images, self.labels, self.syn_lr.detach().item(), self.data, asdict(self.cfg),
                               extra={'hard_labels': self.hard_labels, 'iteration': self.iteration,
                                      'is_real': self.comps.is_real if self.comps.is_real is not None else torch.zeros(0, dtype=torch.bool)})
 
@@ -431,7 +431,7 @@ class Distiller:
                 self.evals.append({'iteration': self.iteration, **self.evaluate().to_dict()})
         bar.close()
         self.save_checkpoint()
-        summary = {'iterations': self.iteration, 'seconds': time.perf_counter() - t0, 'syn_lr': float(self.syn_lr),
+        summary = {'iterations': self.iteration, 'seconds': time.perf_counter() - t0, 'syn_lr': self.syn_lr.detach().item(),
                    'peak_rss_mb': peak_rss_mb()}
         if evaluate and (not self.evals or self.evals[-1]['iteration'] != self.iteration):
             self.evals.append({'iteration': self.iteration, **self.evaluate().to_dict()})

@@ -206,7 +206,7 @@ PRESETS = {'smoke': 'the notebooks\' own defaults: seconds each (CI)',
 # random_real's presets, used only while dd_companion.evaluate exports none for it
 FALLBACK_PRESETS = {
     'random_real': {
-        'lite': dict(ipcs=[1, 10], runs=3, epochs=300, width=32, train_per_class=0, test_per_class=0),
+        'lite': dict(ipcs=[1, 10], runs=2, epochs=150, width=32, train_per_class=0, test_per_class=0),
         'quick': dict(ipcs=[1, 10, 50], runs=3, epochs=300, width=128, train_per_class=0, test_per_class=0),
         # full CIFAR-10 with the notebook's protocol at 1000 epochs and 5 networks (the MTT evaluation length)
         'paper': dict(dataset='cifar10', ipcs=[1, 10, 50], runs=5, epochs=1000, width=128, train_per_class=0,
@@ -684,6 +684,7 @@ def reproduce(preset: str = 'lite', only=None, out=None, runs=None, jobs: int | 
     with file_lock(Path(s.out) / '.reproduce.lock', message=f'another dd-companion reproduce is writing to {s.out}; waiting ...'):
         for stale in (Path(s.out) / '.staging').glob('*'):     # left by an interrupted run (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
+        with contextlib.suppress(OSError): (Path(s.out) / '.staging').rmdir()
         s.results = run_tasks(todo, jobs, executor, cluster, submitit_params, progress, file=file)
         s.tables = render_tables(registry, preset, s.out)
     s.seconds = time.time() - t0

@@ -6,18 +6,18 @@
 from __future__ import annotations
 import math, time
 from dataclasses import dataclass, field, replace, asdict
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-from .core import DDError, check_choice, check_range
+from .core import DDError, check_choice, check_range, runs_dir
 from .data import RealData, difficulty_scores, DATASETS
 from .models import FlatModel, model_for
 from .evaluate import (EvalProtocol, protocol, train_module, train_stacked, augment_batch, lr_at,
                                    soft_cross_entropy, check_set_matches, _run_streams)
-from .matching import initialiser, COMPONENT_BUILDERS, METHODS, PRESETS, distill_config
+from .matching import initialiser, COMPONENT_BUILDERS, METHODS, PRESETS, distill_config, Distiller
 
 # %% auto #0
 __all__ = ['SCORE_KINDS', 'BETA_MODES', 'PAPER_ALPHA_BETA', 'PAPER_IPCS', 'SET_METHODS', 'NOTEBOOK_PRESETS', 'forgetting_events',
@@ -421,9 +421,6 @@ class SynSet:
 
 def distil_cached(cfg, data=None, buffer=None, root=None, resume: bool = True, progress: bool = False, callbacks=()):
     "Run (or reuse, when `resume` and finished) the distillation of `cfg` in `<root>/<cfg.key()>`; returns the Distiller."
-    from dd_companion.matching import Distiller
-    from dd_companion.core import runs_dir
-    from pathlib import Path
     d = Distiller(cfg, data=data, buffer=buffer, out_dir=Path(root or runs_dir() / 'distill') / cfg.key(), progress=progress, resume=resume)
     d.comps.callbacks.extend(callbacks)
     d.run(evaluate=False)
@@ -448,7 +445,7 @@ def make_set(method: str, data: RealData, ipc: int, distill: dict | None = None,
     cfg = selmatch_config('p-quick', **kw)
     d = distil_cached(cfg, data, buffer, root, resume, progress, callbacks)
     is_real = d.comps.is_real if d.comps.is_real is not None else torch.zeros(len(d.images), dtype=torch.bool)
-    return SynSet(method, d.images.detach().clone(), d.labels.detach().clone(), is_real.clone(), float(d.syn_lr), list(d.history),
+    return SynSet(method, d.images.detach().clone(), d.labels.detach().clone(), is_real.clone(), d.syn_lr.detach().item(), list(d.history),
                   float(sum(h['seconds'] for h in d.history)), cfg.key(), d.initial_images.clone(), d.init_extras.get('train_positions'))
 
 def evaluate_synset(s: SynSet, data: RealData, p: EvalProtocol, groups: dict | None = None, seed: int = 0, **overrides) -> dict:
@@ -475,8 +472,6 @@ def table_protocol(scale: str, ratio: float, width: int = 32, budget: float = 10
 # %% ../nbs/09_selmatch.ipynb #cell-067
 def distill_root(distill_dir: str, out):
     "Folder of a notebook's distillations: '' = <out>/distill, 'shared' = runs/distill, else the given path."
-    from pathlib import Path
-    from dd_companion.core import runs_dir
     if distill_dir == 'shared': return runs_dir() / 'distill'
     return Path(distill_dir) if distill_dir else Path(out) / 'distill'
 
@@ -495,7 +490,7 @@ NOTEBOOK_PRESETS = {
     'selmatch_fig3_window': {
         'lite': {**_QUICK_DATA, 'ipcs': [10, 25], 'betas': [0.0, 0.25, 0.5, 0.75], 'code_betas': [0.5], 'eval_width': 16,
                  'eval_budget': 4.0, 'runs': 2},
-        'quick': {**_QUICK_DATA, **_QUICK_EVAL, 'ipcs': [25, 50, 100], 'betas': [0.0, 0.2, 0.4, 0.6, 0.8], 'code_betas': [0.5, 0.9],
+        'quick': {**_QUICK_DATA, **_QUICK_EVAL, 'ipcs': [25, 50, 100], 'betas': [0.0, 0.2, 0.4, 0.6, 0.8], 'code_betas': [0.5],
                   'runs': 2},
         'paper': {'dataset': 'cifar10', 'train_per_class': 0, 'test_per_class': 0, 'eval_scale': 'paper', 'ipcs': [250, 500, 1000, 1500],
                   'betas': [round(0.1 * i, 1) for i in range(10)], 'code_betas': [0.5, 0.9], 'runs': 5},
