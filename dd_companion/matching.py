@@ -462,4 +462,6 @@ def distill_config(preset: str = 'p-quick', method: str = 'mtt', **overrides) ->
     for k in overrides:
         if k not in names: raise DDError(f"unknown option {k!r}; DistillConfig has: {', '.join(sorted(names))}.")
     opts = {**PRESETS[preset], **METHODS[method], **overrides}
+    for k in ('eval_overrides', 'expert_overrides'):            # dict-valued options merge instead of replacing
+        opts[k] = {**PRESETS[preset].get(k, {}), **METHODS[method].get(k, {}), **overrides.get(k, {})}
     return validate(DistillConfig(**opts))
