@@ -685,6 +685,8 @@ def reproduce(preset: str = 'lite', only=None, out=None, runs=None, jobs: int | 
         for stale in (Path(s.out) / '.staging').glob('*'):     # left by an interrupted run (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
         with contextlib.suppress(OSError): (Path(s.out) / '.staging').rmdir()
+        for stale in [*Path(s.runs).glob('.*.ipynb'), *Path(s.runs).glob('.*.params.yaml')]:   # a killed run's papermill files
+            stale.unlink(missing_ok=True)
         s.results = run_tasks(todo, jobs, executor, cluster, submitit_params, progress, file=file)
         s.tables = render_tables(registry, preset, s.out)
     s.seconds = time.time() - t0
