@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_contrastive.ipynb #cell-002
 from __future__ import annotations
-import math, time
+import json, math, time
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import DDError, check_choice, check_range
+from .core import DDError, check_choice, check_range, config_hash, atomic_save_json
 from .data import RealData, Split, load_dataset
 from .models import FlatModel
 from .augment import apply_dsa
@@ -28,7 +28,8 @@ __all__ = ['CON_LOSSES', 'CLR_DEFAULTS', 'STRATEGIES', 'METHOD_LABELS', 'SCALES'
            'ntxent_loss', 'two_view_loss', 'two_views', 'ProjectionHead', 'normalised_features', 'class_of',
            'ContrastiveUpdate', 'ContrastiveFusion', 'contrastive_components', 'seconds_per_iteration', 'cost_ratios',
            'gradient_scales', 'validation_split', 'experiment_config', 'dataset_for', 'experts_for',
-           'distill_and_evaluate', 'random_real_record', 'summarise', 'cost_benchmark', 'strategy_structure']
+           'distill_and_evaluate', 'random_real_record', 'summarise', 'table_rows_of', 'cost_benchmark',
+           'strategy_structure']
 
 # %% ../nbs/08_contrastive.ipynb #cell-006
 def supcon_loss(features: torch.Tensor, labels: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
@@ -250,7 +251,11 @@ def distill_and_evaluate(cfg: DistillConfig, method: str, models=('ConvNet',), d
            'sec_per_it': seconds_per_iteration(hist), 'syn_lr': float(d.syn_lr), 'loss_tm_first': hist[0]['loss_tm'],
            'loss_tm_last': float(np.mean([h['loss_tm'] for h in tail])), 'skipped': int(sum(h['skipped'] for h in hist)),
            'folder': str(folder), 'config_key': cfg.key()}
-    rec['eval'] = _evaluate(d.images.detach(), d.labels.detach(), float(d.syn_lr), data, cfg, models, d.comps.is_real, progress)
+    cache = folder / f"eval-{config_hash({'models': list(models), 'iteration': d.iteration})}.json"
+    if resume and cache.exists(): rec['eval'] = json.loads(cache.read_text())     # same set, same protocol: reuse
+    else:
+        rec['eval'] = _evaluate(d.images.detach(), d.labels.detach(), float(d.syn_lr), data, cfg, models, d.comps.is_real, progress)
+        atomic_save_json(cache, rec['eval'])
     return rec, d
 
 def random_real_record(cfg: DistillConfig, models=('ConvNet',), data: RealData | None = None, progress: bool = False) -> dict:
@@ -278,6 +283,15 @@ def summarise(records: list, model: str = 'ConvNet', baseline: str = 'datm', lab
                      's/iteration': '' if rs[0]['sec_per_it'] is None else f"{np.mean([r['sec_per_it'] for r in rs]):.3f}",
                      f'cost vs {baseline}': '' if ratio is None else f'{ratio:.2f}×'})
     return rows
+
+def table_rows_of(records: list, models=None) -> list:
+    "`reproduce`'s table rows: accuracies pooled over seeds per (dataset, IPC, method, model), for the side-by-side tables."
+    groups = {}
+    for r in records:
+        for m, e in r['eval'].items():
+            if models is None or m in models: groups.setdefault((r['dataset'], r['ipc'], r['method'], m), []).append(e['accs'])
+    return [{'method': meth, 'dataset': ds, 'ipc': ipc, 'model': m, 'accs': [a for accs in runs for a in accs], 'seeds': len(runs)}
+            for (ds, ipc, meth, m), runs in groups.items()]
 
 # %% ../nbs/08_contrastive.ipynb #cell-056
 def cost_benchmark(methods=('datm', 'datm+fusion', 'datm+update', 'datm-clr'), scale: str = 'smoke', iterations: int = 5,
