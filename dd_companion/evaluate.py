@@ -101,7 +101,7 @@ def _run_streams(seed: int, run: int):
     return g, DSA(seed=seed * 1000 + run + 1)
 
 def train_module(images, labels, data: RealData, p: EvalProtocol, lr: float, seed: int = 0, run: int = 0,
-                 is_real=None, device='cpu', progress=None):
+                 is_real=None, device='cpu', progress=None, on_epoch=None):
     "Train one fresh `p.model` on (images, labels) with SGD; returns the trained module (in eval mode)."
     torch.manual_seed(seed * 1000 + run)
     model = model_for(data, p.model, width=p.width).to(device)
@@ -109,6 +109,7 @@ def train_module(images, labels, data: RealData, p: EvalProtocol, lr: float, see
     gen, dsa = _run_streams(seed, run)
     images, labels = images.to(device), labels.to(device)
     model.train()
+    if on_epoch is not None: on_epoch(model, 0)       # a probe of the untrained network (selmatch's gradient norms)
     for epoch in range(p.epochs):
         for g_ in opt.param_groups: g_['lr'] = lr_at(p, lr, epoch)
         perm = torch.randperm(len(images), generator=gen)
@@ -118,6 +119,7 @@ def train_module(images, labels, data: RealData, p: EvalProtocol, lr: float, see
             loss = soft_cross_entropy(model(x), labels[idx])
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         if progress is not None: progress.update(1)
+        if on_epoch is not None: on_epoch(model, epoch + 1)
     return model.eval()
 
 # %% ../nbs/04_evaluate.ipynb #cell-015

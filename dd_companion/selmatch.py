@@ -15,8 +15,8 @@ from torch.func import functional_call, vmap
 from .core import DDError, check_choice, check_range, runs_dir
 from .data import RealData, difficulty_scores, DATASETS
 from .models import FlatModel, model_for
-from .evaluate import (EvalProtocol, protocol, train_module, train_stacked, augment_batch, lr_at,
-                                   soft_cross_entropy, check_set_matches, _run_streams)
+from .evaluate import (EvalProtocol, protocol, train_module, train_stacked,
+                                   soft_cross_entropy, check_set_matches)
 from .matching import initialiser, COMPONENT_BUILDERS, METHODS, PRESETS, distill_config, Distiller
 
 # %% auto #0
@@ -295,31 +295,19 @@ def _grad_norm(model, x, y) -> float:
 
 def train_with_grad_norms(images, labels, data: RealData, p: EvalProtocol, parts: dict, lr: float, seed: int = 0, run: int = 0,
                           is_real=None, every: int = 1, device='cpu') -> tuple:
-    "Train one network as `train_module` does, recording ‖∇θ loss‖ on each part (bool masks over the set) every `every` epochs."
-    torch.manual_seed(seed * 1000 + run)
-    model = model_for(data, p.model, width=p.width).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=p.momentum, weight_decay=p.weight_decay)
-    gen, dsa = _run_streams(seed, run)
+    "Train one network with `train_module`, recording ‖∇θ loss‖ on each part (bool masks over the set) every `every` epochs."
     images, labels = images.detach().to(device), labels.detach().to(device)
     curves = {'epoch': [], **{k: [] for k in parts}}
-    def probe(epoch):                                   # batch-norm running statistics are restored after probing
+    def probe(model, epoch):                            # batch-norm running statistics are restored after probing
+        if epoch % every and epoch != p.epochs: return
         saved = {k: v.clone() for k, v in model.named_buffers()}
         curves['epoch'].append(epoch)
         for k, m in parts.items(): curves[k].append(_grad_norm(model, images[m], labels[m]) if m.any() else float('nan'))
         with torch.no_grad():
             for k, v in model.named_buffers(): v.copy_(saved[k])
         model.zero_grad(set_to_none=True)
-    model.train(); probe(0)
-    for epoch in range(p.epochs):
-        for g_ in opt.param_groups: g_['lr'] = lr_at(p, lr, epoch)
-        perm = torch.randperm(len(images), generator=gen)
-        for i in range(0, len(images), p.batch_size):
-            idx = perm[i:i + p.batch_size]
-            x = augment_batch(images[idx], p.augment, dsa, gen, None if is_real is None else is_real[idx])
-            loss = soft_cross_entropy(model(x), labels[idx])
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        if (epoch + 1) % every == 0 or epoch + 1 == p.epochs: probe(epoch + 1)
-    return model.eval(), curves
+    model = train_module(images, labels, data, p, lr, seed, run, is_real, device, on_epoch=probe)
+    return model, curves
 
 def grad_norm_curves(history: list) -> dict:
     "Per-iteration mean pixel-gradient norms of the updated (D_distill) and frozen (D_select) images from a Distiller history."
@@ -484,6 +472,8 @@ _PAPER = dict(train_per_class=0, test_per_class=0, paper_hparams=True, eval_scal
 
 NOTEBOOK_PRESETS = {
     'selmatch_table_main': {
+        'lite': {**_QUICK_DATA, **_QUICK_DISTILL, 'iterations': 10, 'ipcs': [25], 'runs': 2, 'eval_scale': 'quick', 'eval_width': 16,
+                 'eval_budget': 4.0},
         'quick': {**_QUICK_DATA, **_QUICK_DISTILL, **_QUICK_EVAL, 'ipcs': [25, 50, 100], 'runs': 3},
         'paper': {**_PAPER, 'datasets': ['cifar10', 'cifar100', 'tinyimagenet'], 'ipcs': [], 'runs': 5},
     },
