@@ -24,7 +24,7 @@ from .buffers import ExpertBuffer, build_experts, expert_config, EXPERT_PRESETS
 
 # %% auto #0
 __all__ = ['INITS', 'META_GRADIENTS', 'INITIALISERS', 'COMPONENT_BUILDERS', 'PRESETS', 'METHODS', 'DistillConfig', 'validate',
-           'start_epoch_bounds', 'InnerLoss', 'OuterTerm', 'StepPlan', 'meta_gradient_unrolled',
+           'start_epoch_bounds', 'InnerLoss', 'OuterTerm', 'StepPlan', 'meta_gradient_unrolled', 'outer_adjoint',
            'meta_gradient_checkpointed', 'Components', 'initialiser', 'init_real', 'init_noise', 'build_components',
            'NumericalFault', 'check_numerics', 'Distiller', 'distill', 'distill_config']
 
@@ -192,6 +192,19 @@ def meta_gradient_unrolled(fm, theta_start, target, images, labels, syn_lr, plan
     return {'tm': tm.detach(), 'extras': [e.detach() for e in extras], 'g_images': grads[0], 'g_lr': grads[1],
             'g_labels': grads[2] if len(grads) > 2 else None}
 
+def outer_adjoint(fm, theta_final, theta_start, target, X, Y, outer_terms, outer_draws) -> tuple:
+    "Outer loss at the student's final parameters and its gradients: (tm, extras, ∂/∂θ_N, ∂/∂images, ∂/∂labels or None)."
+    soft = Y.is_floating_point()
+    th_final = theta_final.detach().clone().requires_grad_(True)
+    Xl = X.clone().requires_grad_(True); Yl = Y.clone().requires_grad_(soft)
+    tm = _param_match(th_final, theta_start, target)
+    extras = [t.weight * t(fm, th_final, Xl, Yl, d) for t, d in zip(outer_terms, outer_draws)]
+    leaves = [th_final, Xl] + ([Yl] if soft else [])
+    gs = torch.autograd.grad(tm + sum(extras), leaves, allow_unused=True)
+    g_x = torch.zeros_like(X) if gs[1] is None else gs[1]
+    g_y = (torch.zeros_like(Y) if gs[2] is None else gs[2]) if soft else None
+    return tm, extras, gs[0], g_x, g_y
+
 def meta_gradient_checkpointed(fm, theta_start, target, images, labels, syn_lr, plan, inner, outer_terms, outer_draws):
     "Same result as `meta_gradient_unrolled`, with one inner step's graph in memory at a time."
     soft = labels.is_floating_point()
@@ -201,15 +214,7 @@ def meta_gradient_checkpointed(fm, theta_start, target, images, labels, syn_lr, 
         th = thetas[-1].clone().requires_grad_(True)
         g, = torch.autograd.grad(inner(fm, th, X[st.idx], _labels_for(Y, st.idx), st.draws), th)
         thetas.append((thetas[-1] - eta * g).detach())
-    th_final = thetas[-1].clone().requires_grad_(True)
-    Xl = X.clone().requires_grad_(True); Yl = Y.clone().requires_grad_(soft)
-    tm = _param_match(th_final, theta_start, target)
-    extras = [t.weight * t(fm, th_final, Xl, Yl, d) for t, d in zip(outer_terms, outer_draws)]
-    leaves = [th_final, Xl] + ([Yl] if soft else [])
-    gs = torch.autograd.grad(tm + sum(extras), leaves, allow_unused=True)
-    lam = gs[0]
-    g_x = torch.zeros_like(X) if gs[1] is None else gs[1]
-    g_y = (torch.zeros_like(Y) if gs[2] is None else gs[2]) if soft else None
+    tm, extras, lam, g_x, g_y = outer_adjoint(fm, thetas[-1], theta_start, target, X, Y, outer_terms, outer_draws)
     g_lr = torch.zeros(())
     for k in reversed(range(len(plan))):                               # backward: recompute one step at a time
         st = plan[k]

@@ -18,7 +18,7 @@ from .data import RealData, load_dataset
 from .models import ConvNet, FlatModel, model_for
 from .augment import apply_dsa, draw_dsa
 from .evaluate import soft_cross_entropy, evaluate_set, protocol as eval_protocol
-from .matching import (META_GRADIENTS, InnerLoss, StepPlan, _param_match, meta_gradient_checkpointed,
+from .matching import (META_GRADIENTS, InnerLoss, StepPlan, outer_adjoint, meta_gradient_checkpointed,
                                    meta_gradient_unrolled)
 
 # %% auto #0
@@ -117,15 +117,7 @@ def meta_gradient_fast(fm, theta_start, target, images, labels, syn_lr, plan, in
         with torch.no_grad(): v = view(st, X[st.idx])
         g = sum(_call(kernels, fallback, fm, 0, thetas[-1], v[s], yb[s], w) for s, w in weights(len(v)))
         thetas.append((thetas[-1] - eta * g).detach())
-    th_final = thetas[-1].clone().requires_grad_(True)
-    Xl = X.clone().requires_grad_(True); Yl = Y.clone().requires_grad_(soft)
-    tm = _param_match(th_final, theta_start, target)
-    extras = [t.weight * t(fm, th_final, Xl, Yl, d) for t, d in zip(outer_terms, outer_draws)]
-    leaves = [th_final, Xl] + ([Yl] if soft else [])
-    gs = torch.autograd.grad(tm + sum(extras), leaves, allow_unused=True)
-    lam = gs[0]
-    g_x = torch.zeros_like(X) if gs[1] is None else gs[1].clone()
-    g_y = (torch.zeros_like(Y) if gs[2] is None else gs[2].clone()) if soft else None
+    tm, extras, lam, g_x, g_y = outer_adjoint(fm, thetas[-1], theta_start, target, X, Y, outer_terms, outer_draws)
     g_lr = torch.zeros((), dtype=X.dtype)
     for k in reversed(range(len(plan))):                               # backward: one step, one micro-batch at a time
         st = plan[k]
