@@ -248,13 +248,13 @@ def distill_and_evaluate(cfg: DistillConfig, method: str, models=('ConvNet',), d
     hist = d.history
     tail = hist[-max(1, len(hist) // 10):]
     rec = {'method': method, 'dataset': cfg.dataset, 'ipc': cfg.ipc, 'seed': cfg.seed, 'variant': variant, 'iterations': d.iteration,
-           'sec_per_it': seconds_per_iteration(hist), 'syn_lr': float(d.syn_lr), 'loss_tm_first': hist[0]['loss_tm'],
+           'sec_per_it': seconds_per_iteration(hist), 'syn_lr': d.syn_lr.detach().item(), 'loss_tm_first': hist[0]['loss_tm'],
            'loss_tm_last': float(np.mean([h['loss_tm'] for h in tail])), 'skipped': int(sum(h['skipped'] for h in hist)),
            'folder': str(folder), 'config_key': cfg.key()}
     cache = folder / f"eval-{config_hash({'models': list(models), 'iteration': d.iteration})}.json"
     if resume and cache.exists(): rec['eval'] = json.loads(cache.read_text())     # same set, same protocol: reuse
     else:
-        rec['eval'] = _evaluate(d.images.detach(), d.labels.detach(), float(d.syn_lr), data, cfg, models, d.comps.is_real, progress)
+        rec['eval'] = _evaluate(d.images.detach(), d.labels.detach(), d.syn_lr.detach().item(), data, cfg, models, d.comps.is_real, progress)
         atomic_save_json(cache, rec['eval'])
     return rec, d
 
