@@ -247,7 +247,8 @@ from pathlib import Path
 Path(out_dir, 'pid.txt').write_text(str(os.getpid()))
 time.sleep(300)"""
 
-INTERRUPTIBLE = """import sys
+INTERRUPTIBLE = """import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal: a background launch inherits SIGINT ignored
 from dd_companion.reproduce import Entry, Registry, main
 reg = Registry([Entry('slow-T', 'project', 'table', 'slow', 'slow', path=sys.argv[1])], presets={'slow': {'quick': {}}})
 sys.exit(main(['reproduce', '--preset', 'quick', '--out', sys.argv[2], '--runs', sys.argv[3], '--no-progress'], registry=reg))"""
