@@ -94,13 +94,19 @@ class DistillConfig:
 # %% ../nbs/06_matching.ipynb #cell-007
 INITS = ['real', 'noise', 'samples_predicted_correctly', 'selmatch_window']
 
+def _ensure_methods_loaded():
+    "Import the modules that extend this one's registries (initialisers, component builders, methods, engines)."
+    import importlib
+    for m in ('dd_companion.datm', 'dd_companion.contrastive', 'dd_companion.selmatch', 'dd_companion.performance'):
+        try: importlib.import_module(m)
+        except ModuleNotFoundError as e:
+            if e.name != m: raise
+
 def _known_engines() -> list:
     "Meta-gradient engine names: this module's two and those other modules register (`performance`: fast, fast_compiled)."
     import importlib
-    try: importlib.import_module('dd_companion.performance')
-    except ModuleNotFoundError as e:
-        if e.name != 'dd_companion.performance': raise
-    return list(importlib.import_module('dd_companion.matching').META_GRADIENTS)
+    _ensure_methods_loaded()
+    return list(importlib.import_module('dd_companion.matching').META_GRADIENTS)   # the exported registry (also from this notebook)
 
 def validate(cfg: DistillConfig, data: RealData | None = None, buffer: ExpertBuffer | None = None) -> DistillConfig:
     "Raise a one-paragraph `DDError` for any invalid option; returns `cfg`."
@@ -267,14 +273,6 @@ def build_components(cfg, data, buffer, fm, images, labels, extras) -> Component
     for b in COMPONENT_BUILDERS: b(cfg, data, buffer, fm, images, labels, extras, comps)
     return comps
 
-def _ensure_methods_loaded():
-    "Import the method modules so their initialisers and component builders are registered."
-    import importlib
-    for m in ('dd_companion.datm', 'dd_companion.contrastive', 'dd_companion.selmatch', 'dd_companion.performance'):
-        try: importlib.import_module(m)
-        except ModuleNotFoundError as e:
-            if e.name != m: raise
-
 # %% ../nbs/06_matching.ipynb #cell-021
 class NumericalFault(DDError):
     "NaN/inf loss or gradient, or a step size that became negative or exploded."
@@ -295,8 +293,7 @@ class Distiller:
     "The one distillation loop. `Distiller(cfg).run()` distils, checkpoints, evaluates and exports."
     def __init__(self, cfg: DistillConfig, data: RealData | None = None, buffer: ExpertBuffer | None = None,
                  out_dir=None, progress: bool = True, resume: bool = True):
-        _ensure_methods_loaded()
-        validate(cfg)
+        validate(cfg)                                             # also imports the method modules (their registries)
         self.cfg, self.progress = cfg, progress
         self.out_dir = check_writable_dir(out_dir or runs_dir() / 'distill' / cfg.key(), 'out_dir')
         ecfg = cfg.expert_cfg()

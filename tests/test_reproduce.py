@@ -265,10 +265,10 @@ def test_ctrl_c_stops_the_kernel_and_keeps_its_traces(dirs):
     assert pid_file, p.communicate(timeout=10)
     kernel = int(pid_file[0].read_text())
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=240)      # papermill shuts its kernel down first: slow on a loaded machine
+    out, err = p.communicate(timeout=60)
     assert p.returncode == 130, (out, err)
     assert 'interrupted' in err and '✘ stopped slow' in out, (out, err)
-    try: psutil.Process(kernel).wait(timeout=60)            # the kernel (another process group) was stopped too
+    try: psutil.Process(kernel).wait(timeout=20)            # the kernel (another process group) was stopped too
     except psutil.NoSuchProcess: pass
     assert not psutil.pid_exists(kernel)
     assert (dirs['runs'] / 'slow.failed.ipynb').exists() and (dirs['runs'] / 'slow.partial' / 'pid.txt').exists()

@@ -1,6 +1,6 @@
 """Seconds per outer iteration and peak resident memory of the P-quick distillation step at IPC 1 (batch_syn 10) and
 IPC 10 (batch_syn 100), syn_steps 20, ConvNet-128, for each meta-gradient engine, each in a fresh process
-(`performance.measure_in_subprocess`), engines interleaved. Writes a results JSON (default figures/quick/iteration_cost.json).
+(`performance.measure_in_subprocess`), one engine after another. Writes a results JSON (default figures/quick/iteration_cost.json).
 
     .venv/bin/python tools/measure_iteration.py [--threads 2] [--reps 3] [--engines unrolled checkpointed fast] [--out PATH]
 """
