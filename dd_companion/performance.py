@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_performance.ipynb #cell-002
 from __future__ import annotations
-import functools, gc, json, os, subprocess, sys, tempfile, time
+import collections, functools, gc, json, os, subprocess, sys, tempfile, time
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import grad as func_grad
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from .core import DDError, check_range, peak_rss_mb, Timer, environment_info
 from .data import RealData, load_dataset
@@ -25,7 +27,7 @@ from .matching import (META_GRADIENTS, InnerLoss, StepPlan, outer_adjoint, meta_
 __all__ = ['FAST_CHUNK', 'meta_gradient_fast_compiled', 'YARDSTICK', 'NOTEBOOK_PRESETS', 'chunk_slices', 'step_gradient',
            'step_hvp', 'step_gradient_func', 'step_hvp_func', 'compiled_kernels', 'meta_gradient_fast',
            'benchmark_problem', 'run_engine', 'time_engines', 'measure_in_subprocess', 'compare_evaluation',
-           'expert_epoch_times']
+           'expert_epoch_times', 'count_flops', 'convnet_forward_flops', 'iteration_flops', 'training_step_rate']
 
 # %% ../nbs/11_performance.ipynb #cell-005
 def chunk_slices(n: int, chunk: int | None) -> list:
@@ -258,6 +260,58 @@ def expert_epoch_times(data: RealData, width: int = 128, epochs: int = 2, compil
             'train_images': len(data.train), 'test_images': len(data.test), 'test_acc': state['test_acc']}
 
 # %% ../nbs/11_performance.ipynb #cell-036
+class _OperationCounter(TorchDispatchMode):
+    "Counts every operator that torch.utils.flop_counter has a formula for; unlike FlopCounterMode it installs no module hooks."
+    def __init__(self):
+        super().__init__(); self.by_op = collections.Counter()
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None: self.by_op[str(func._overloadpacket)] += int(formula(*args, **kwargs, out_val=out))
+        return out
+
+def count_flops(fn, *args, **kw) -> dict:
+    "Floating-point operations of one call `fn(*args, **kw)` (flop_counter's formulas: convolutions, matmuls, their backwards)."
+    with _OperationCounter() as counter: fn(*args, **kw)
+    return {'total': float(sum(counter.by_op.values())), 'by_op': {k: float(v) for k, v in counter.by_op.items()}}
+
+def convnet_forward_flops(width: int, batch: int, channels: int = 3, size: int = 32, classes: int = 10, depth: int = 3) -> float:
+    "Multiply-adds × 2 of a ConvNet forward pass (3×3 convolutions and the classifier), computed by hand."
+    total, c, s = 0, channels, size
+    for _ in range(depth):
+        total += 2 * c * width * 9 * s * s * batch
+        c, s = width, s // 2
+    return float(total + 2 * batch * width * s * s * classes)
+
+# %% ../nbs/11_performance.ipynb #cell-040
+def iteration_flops(engine: str, ipc: int, batch_syn: int | None, syn_steps: int, width: int = 128,
+                    data: RealData | None = None) -> float:
+    "Counted operations of one distillation iteration of `engine` (measured at 1 and 2 steps, extrapolated linearly)."
+    data = data or load_dataset()
+    one, two = (count_flops(run_engine, engine, benchmark_problem(ipc, batch_syn, n, width, data))['total'] for n in (1, 2))
+    return one + (syn_steps - 1) * (two - one)
+
+def training_step_rate(data: RealData, width: int = 128, batch: int = 10, reps: int = 5, warmup: int = 2, seed: int = 0) -> dict:
+    "GFLOP/s of a plain first-order SGD step of ConvNet-`width` on `batch` training images (mean of `reps` after `warmup`)."
+    check_range('batch', batch, 1, None); check_range('reps', reps, 1, None)
+    torch.manual_seed(seed)
+    model = model_for(data, 'ConvNet', width=width)
+    idx = torch.arange(batch) % len(data.train)
+    x, y = data.train.images[idx], data.train.labels[idx]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    def step():
+        opt.zero_grad(set_to_none=True); F.cross_entropy(model(x), y).backward(); opt.step()
+    flops = count_flops(step)['total']
+    for _ in range(warmup): step()
+    secs = []
+    for _ in range(reps):
+        t0 = time.perf_counter(); step(); secs.append(time.perf_counter() - t0)
+    mean = float(np.mean(secs))
+    return {'width': width, 'batch': batch, 'flops': flops, 'seconds': secs, 'mean': mean, 'gflops_per_s': flops / mean / 1e9,
+            'threads': torch.get_num_threads()}
+
+# %% ../nbs/11_performance.ipynb #cell-043
 YARDSTICK = {
     'expert_epoch_seconds': 18.5,          # one epoch over 5,085 images + a 500-image test pass
     'expert_images': 5085,
@@ -271,8 +325,8 @@ YARDSTICK = {
 
 NOTEBOOK_PRESETS = {
     'benchmark': {
-        'quick': dict(width=128, syn_steps=20, ipcs=[1, 10], batch_syns=[10, 100], reps=5, reps_large=3, warmup=1,
-                      engines=['unrolled', 'checkpointed', 'fast', 'fast_compiled'], threads=1,
+        'quick': dict(width=128, syn_steps=20, ipcs=[1, 10], batch_syns=[10, 100], reps=5, reps_large=5, warmup=1,
+                      engines=['unrolled', 'checkpointed', 'fast', 'fast_compiled'], threads=0, rate_reps=10,
                       mem_ipc=10, mem_batch_syn=100, mem_steps=[10, 20, 40], mem_engines=['unrolled', 'checkpointed', 'fast'],
                       max_rss_gb=12.0, scale_steps=[5, 10, 20], scale_ipcs=[1, 2, 5], scale_batch_syns=[10, 25, 50],
                       scale_engine='fast', scale_memory=True, eval_ipc=1, eval_epochs=300, eval_runs=5, expert_epochs=2, expert_compile=True,
