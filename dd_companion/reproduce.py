@@ -758,7 +758,7 @@ def format_list(registry: Registry, preset: str, out=None, only=None) -> str:
 
 # %% ../nbs/10_reproduce.ipynb #cell-043
 ROW_KEYS = ('method', 'dataset', 'ipc', 'accs')
-_STANDARD_KEYS = set(ROW_KEYS) | {'model', 'table'}
+_STANDARD_KEYS = set(ROW_KEYS) | {'model', 'table', 'paper_ipc'}
 
 def _rows_random_real(doc: dict) -> list:
     p, res = doc.get('params', {}), doc.get('results', {})
@@ -784,13 +784,15 @@ def join_reported(rows: list, source: str = '') -> list:
         if accs.size and (accs.min() < 0 or accs.max() > 1):
             raise DDError(f"{source} table_rows[{i}]['accs'] must be fractions in [0, 1], got {r['accs']}.")
         m, ds = canonical_method(r['method']), canonical_dataset(r['dataset'])
-        rep = lookup_reported(m, ds, r['ipc'], r.get('model'))
+        paper_ipc = r.get('paper_ipc') or r['ipc']       # rows over subset ratios name the paper's IPC at the same ratio
+        rep = lookup_reported(m, ds, paper_ipc, r.get('model'))
         paper_ds = PAPER_DATASET.get(ds, ds)
         row = {'method': METHOD_NAMES.get(m, str(r['method'])), 'dataset': DATASET_NAMES.get(ds, str(r['dataset'])),
                'IPC': _ipc_key(r['ipc']), 'model': r.get('model') or 'ConvNet',
                'reproduced (%)': fmt_mean_std(accs), 'n': int(accs.size),
                'reported (%)': rep.cell() if rep else '', 'source': rep.source if rep else '',
-               'reported setting': f'{DATASET_NAMES.get(paper_ds, paper_ds)}, {rep.model}' if rep else ''}
+               'reported setting': (f'{DATASET_NAMES.get(paper_ds, paper_ds)}' + (f' IPC {_ipc_key(paper_ipc)}' if r.get('paper_ipc') else '')
+                                    + f', {rep.model}') if rep else ''}
         row.update({k: v for k, v in r.items() if k not in _STANDARD_KEYS})
         out.append(row)
     return out

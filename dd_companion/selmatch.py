@@ -26,7 +26,7 @@ __all__ = ['SCORE_KINDS', 'BETA_MODES', 'PAPER_ALPHA_BETA', 'PAPER_IPCS', 'SET_M
            'subset_ratio', 'paper_eval_epochs', 'quick_eval_epochs', 'selmatch_protocol', 'evaluate_groups',
            'FeatureSpace', 'nearest_distance', 'coverage_radius', 'coverage', 'test_difficulty', 'difficulty_groups',
            'train_with_grad_norms', 'grad_norm_curves', 'CoverageTracker', 'tsne_2d', 'plot_tsne', 'paper_ratio',
-           'ratio_alpha_beta', 'paper_config', 'SynSet', 'distil_cached', 'make_set', 'evaluate_synset',
+           'ratio_alpha_beta', 'paper_ipc_at', 'paper_config', 'SynSet', 'distil_cached', 'make_set', 'evaluate_synset',
            'table_alpha_beta', 'table_distill', 'table_protocol', 'distill_root']
 
 # %% ../nbs/09_selmatch.ipynb #cell-005
@@ -373,6 +373,12 @@ def ratio_alpha_beta(ratio: float, dataset: str = 'cifar10') -> tuple:
     rows = [(abs(paper_ratio(ds, ipc) - ratio), ab) for (ds, ipc), ab in PAPER_ALPHA_BETA.items() if ds == dataset]
     if not rows: raise DDError(f"no published SelMatch α/β for dataset={dataset!r}; known: {sorted({d for d, _ in PAPER_ALPHA_BETA})}.")
     return min(rows)[1]
+
+def paper_ipc_at(dataset: str, ratio: float) -> int | None:
+    "IPC of the paper's grid (PAPER_IPCS) nearest in subset ratio, for a paper dataset or its stand-in (cifar10-mini → cifar10)."
+    ds = 'cifar10' if dataset.startswith('cifar10-') else dataset
+    if ds not in PAPER_IPCS: return None
+    return min(PAPER_IPCS[ds], key=lambda ipc: abs(paper_ratio(ds, ipc) - ratio))
 
 def paper_config(dataset: str, ipc: int, method: str = 'selmatch') -> dict:
     "SelMatch's published hyperparameters (or the same for the MTT baseline) as `selmatch_config` overrides."
