@@ -14,9 +14,9 @@ import torch
 from .core import DDError, check_choice, check_range, data_dir, downloads_dir, sha256_file, atomic_write
 
 # %% auto #0
-__all__ = ['CIFAR_MEAN', 'CIFAR_STD', 'TINY_MEAN', 'TINY_STD', 'DATASETS', 'EMBEDDED_SHA256', 'DatasetInfo', 'dataset_info',
-           'embedded_file', 'RawSplit', 'load_raw', 'ZCA', 'Split', 'RealData', 'load_dataset', 'published_scores',
-           'difficulty_scores']
+__all__ = ['CIFAR_MEAN', 'CIFAR_STD', 'TINY_MEAN', 'TINY_STD', 'DATASETS', 'PAPER_DATASET', 'EMBEDDED_SHA256', 'DatasetInfo',
+           'paper_dataset', 'dataset_info', 'embedded_file', 'RawSplit', 'load_raw', 'ZCA', 'Split', 'RealData',
+           'load_dataset', 'published_scores', 'difficulty_scores']
 
 # %% ../nbs/01_data.ipynb #cell-005
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -38,6 +38,11 @@ DATASETS = {
     'cifar100':     DatasetInfo('cifar100', 3, 32, 100, CIFAR_MEAN, CIFAR_STD, 50_000),
     'tinyimagenet': DatasetInfo('tinyimagenet', 3, 64, 200, TINY_MEAN, TINY_STD, 100_000),
 }
+PAPER_DATASET = {'cifar10-mini': 'cifar10'}     # which paper dataset a project dataset stands in for
+
+def paper_dataset(name: str) -> str:
+    "The paper dataset that `name` stands in for (its scores, reported numbers and IPC grid); other names are their own."
+    return PAPER_DATASET.get(name, name)
 
 def dataset_info(name: str) -> DatasetInfo:
     "Facts about a registered dataset; an unknown name is a clear error."
@@ -240,8 +245,7 @@ _SCORE_FILES = {('cifar10', 'cscore'): 'scores/cscores_CIFAR10.npz', ('cifar100'
 
 def published_scores(dataset: str, kind: str) -> np.ndarray:
     "The shipped score array over the official training set, raw orientation."
-    base = 'cifar10' if dataset == 'cifar10-mini' else dataset
-    key = (base, kind)
+    key = (paper_dataset(dataset), kind)
     if key not in _SCORE_FILES:
         raise DDError(f"no published {kind!r} scores for dataset={dataset!r}; available: "
                       f"{', '.join(f'{d}/{k}' for d, k in _SCORE_FILES)}. Use kind='forgetting_computed' to derive "

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 from .core import (DDError, check_choice, config_hash, atomic_save_json, atomic_write_text, save_table,
                                fmt_mean_std, file_lock, project_root, figures_dir, runs_dir, _TYPES)
+from .data import paper_dataset
 
 # %% auto #0
-__all__ = ['SOURCE_TAGS', 'REPORTED', 'METHOD_NAMES', 'DATASET_NAMES', 'PAPER_DATASET', 'TRAIN_PER_CLASS', 'PAPERS', 'ENTRIES',
-           'PRESETS', 'FALLBACK_PRESETS', 'LOCATION_PARAMS', 'ROW_KEYS', 'ROW_ADAPTERS', 'Reported', 'canonical_method',
+__all__ = ['SOURCE_TAGS', 'REPORTED', 'METHOD_NAMES', 'DATASET_NAMES', 'TRAIN_PER_CLASS', 'PAPERS', 'ENTRIES', 'PRESETS',
+           'FALLBACK_PRESETS', 'LOCATION_PARAMS', 'ROW_KEYS', 'ROW_ADAPTERS', 'Reported', 'canonical_method',
            'canonical_dataset', 'canonical_model', 'lookup_reported', 'Entry', 'collect_notebook_presets',
            'NotebookParam', 'parameters_cell', 'notebook_parameters', 'check_overrides', 'run_key', 'planned_params',
            'stored_key', 'Registry', 'Task', 'results_json', 'default_out', 'default_runs', 'plan', 'papermill_command',
@@ -92,7 +93,6 @@ DATASET_NAMES = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100', 'tinyimagenet':
                  'cifar10-mini': 'CIFAR-10 mini (embedded)'}
 _DATASET_ALIASES = {'cifar-10': 'cifar10', 'c10': 'cifar10', 'cifar-100': 'cifar100', 'c100': 'cifar100',
                     'tiny': 'tinyimagenet', 'tiny-imagenet': 'tinyimagenet', 'tiny_imagenet': 'tinyimagenet'}
-PAPER_DATASET = {'cifar10-mini': 'cifar10'}     # which paper dataset a project dataset stands in for
 TRAIN_PER_CLASS = {'cifar10': 5000, 'cifar100': 500, 'tinyimagenet': 500}
 
 def canonical_method(name) -> str:
@@ -115,7 +115,7 @@ def _ipc_key(ipc):
 def lookup_reported(method, dataset, ipc, model=None) -> Reported | None:
     "The reported number for (method, dataset, ipc, model), or None. Project datasets map to their paper dataset."
     m, ds, ipc = canonical_method(method), canonical_dataset(dataset), _ipc_key(ipc)
-    ds = PAPER_DATASET.get(ds, ds)
+    ds = paper_dataset(ds)
     for r in REPORTED:
         if (r.method, r.dataset, r.ipc) == (m, ds, ipc) and canonical_model(r.model) == canonical_model(model): return r
     return None
@@ -786,7 +786,7 @@ def join_reported(rows: list, source: str = '') -> list:
         m, ds = canonical_method(r['method']), canonical_dataset(r['dataset'])
         paper_ipc = r.get('paper_ipc') or r['ipc']       # rows over subset ratios name the paper's IPC at the same ratio
         rep = lookup_reported(m, ds, paper_ipc, r.get('model'))
-        paper_ds = PAPER_DATASET.get(ds, ds)
+        paper_ds = paper_dataset(ds)
         row = {'method': METHOD_NAMES.get(m, str(r['method'])), 'dataset': DATASET_NAMES.get(ds, str(r['dataset'])),
                'IPC': _ipc_key(r['ipc']), 'model': r.get('model') or 'ConvNet',
                'reproduced (%)': fmt_mean_std(accs), 'n': int(accs.size),

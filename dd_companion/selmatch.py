@@ -13,7 +13,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from .core import DDError, check_choice, check_range, runs_dir
-from .data import RealData, difficulty_scores, DATASETS
+from .data import RealData, difficulty_scores, DATASETS, paper_dataset
 from .models import FlatModel, model_for
 from .evaluate import (EvalProtocol, protocol, train_module, train_stacked,
                                    soft_cross_entropy, check_set_matches)
@@ -376,7 +376,7 @@ def ratio_alpha_beta(ratio: float, dataset: str = 'cifar10') -> tuple:
 
 def paper_ipc_at(dataset: str, ratio: float) -> int | None:
     "IPC of the paper's grid (PAPER_IPCS) nearest in subset ratio, for a paper dataset or its stand-in (cifar10-mini → cifar10)."
-    ds = 'cifar10' if dataset.startswith('cifar10-') else dataset
+    ds = paper_dataset(dataset)
     if ds not in PAPER_IPCS: return None
     return min(PAPER_IPCS[ds], key=lambda ipc: abs(paper_ratio(ds, ipc) - ratio))
 
