@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PACKAGE_ROOT', 'project_root', 'data_dir', 'downloads_dir', 'buffers_dir', 'runs_dir', 'figures_dir', 'DDError',
-           'check_choice', 'check_range', 'atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_save_json',
-           'atomic_torch_save', 'atomic_savefig', 'remove_stale_tmp', 'check_writable_dir', 'safe_torch_load',
-           'sha256_file', 'config_hash', 'set_seed', 'peak_rss_mb', 'Timer', 'environment_info', 'default_device',
-           'file_lock', 'experiment_out', 'save_results', 'fmt_mean_std', 'save_table', 'check_notebook_params']
+__all__ = ['PACKAGE_ROOT', 'SCALES', 'PARAM_TYPES', 'project_root', 'data_dir', 'downloads_dir', 'buffers_dir', 'runs_dir',
+           'figures_dir', 'DDError', 'check_choice', 'check_range', 'check_scale', 'atomic_write', 'atomic_write_bytes',
+           'atomic_write_text', 'atomic_save_json', 'atomic_torch_save', 'atomic_savefig', 'remove_stale_tmp',
+           'check_writable_dir', 'safe_torch_load', 'sha256_file', 'config_hash', 'set_seed', 'peak_rss_mb', 'Timer',
+           'environment_info', 'default_device', 'file_lock', 'experiment_out', 'save_results', 'fmt_mean_std',
+           'save_table', 'base_type_name', 'type_matches', 'check_notebook_params']
 
 # %% ../nbs/00_core.ipynb #cell-005
 PACKAGE_ROOT = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd()
@@ -71,6 +72,13 @@ def check_range(name: str, value, lo=None, hi=None, kind=(int, float), why: str 
     return value
 
 # %% ../nbs/00_core.ipynb #cell-011
+SCALES = ('smoke', 'lite', 'quick', 'paper')
+
+def check_scale(scale: str, allowed=SCALES) -> str:
+    "Raise `DDError` unless `scale` is one of the project's scale words (or of `allowed`)."
+    return check_choice('scale', scale, allowed)
+
+# %% ../nbs/00_core.ipynb #cell-014
 @contextlib.contextmanager
 def atomic_write(path, mode: str = 'wb'):
     "Context manager yielding a temporary file object that replaces `path` only if the block succeeds."
@@ -116,7 +124,7 @@ def atomic_savefig(fig, path, **kwargs):
     path = Path(path)
     with atomic_write(path, 'wb') as f: fig.savefig(f, format=path.suffix.lstrip('.'), **{'dpi': 120, 'bbox_inches': 'tight', **kwargs})
 
-# %% ../nbs/00_core.ipynb #cell-015
+# %% ../nbs/00_core.ipynb #cell-018
 _TMP_NAME = re.compile(r'^\.(?P<target>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$')
 
 def _pid_alive(pid: int) -> bool:
@@ -147,7 +155,7 @@ def check_writable_dir(path, name: str = 'out_dir') -> Path:
         raise DDError(f"{name}={str(path)!r} is not writable ({e.strerror}); pass a writable folder as {name}.") from None
     return path
 
-# %% ../nbs/00_core.ipynb #cell-018
+# %% ../nbs/00_core.ipynb #cell-021
 def safe_torch_load(path, what: str = 'file'):
     "Load a `.pt` file with `weights_only=True`; any failure becomes a `DDError` naming the file."
     path = Path(path)
@@ -158,7 +166,7 @@ def safe_torch_load(path, what: str = 'file'):
         raise DDError(f"{what} {path} is truncated, corrupt or not a weights-only torch file "
                       f"({type(e).__name__}: {str(e)[:200]}). Delete it and rerun to regenerate it.") from e
 
-# %% ../nbs/00_core.ipynb #cell-021
+# %% ../nbs/00_core.ipynb #cell-024
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     "SHA-256 hex digest of a file, read in chunks."
     h = hashlib.sha256()
@@ -175,7 +183,7 @@ def set_seed(seed: int):
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
-# %% ../nbs/00_core.ipynb #cell-024
+# %% ../nbs/00_core.ipynb #cell-027
 def peak_rss_mb() -> float:
     "Peak resident set size of this process so far, in MiB (Linux reports KiB)."
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -196,7 +204,7 @@ def default_device() -> str:
     "`cuda` when a GPU is visible (and `DD_COMPANION_DEVICE` does not say otherwise), else `cpu`."
     return os.environ.get('DD_COMPANION_DEVICE', 'cuda' if torch.cuda.is_available() else 'cpu')
 
-# %% ../nbs/00_core.ipynb #cell-027
+# %% ../nbs/00_core.ipynb #cell-030
 import fcntl
 
 @contextlib.contextmanager
@@ -211,7 +219,7 @@ def file_lock(path, poll: float = 0.5, message: str | None = None):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-# %% ../nbs/00_core.ipynb #cell-030
+# %% ../nbs/00_core.ipynb #cell-033
 def experiment_out(name: str, out_dir: str = '') -> Path:
     "The output folder of an experiment notebook (created; must be writable)."
     out = check_writable_dir(Path(out_dir) if out_dir else runs_dir() / 'smoke' / name, 'out_dir')
@@ -241,8 +249,24 @@ def save_table(rows: list, out: Path, name: str, title: str = '') -> tuple:
     atomic_write_text(csv_path, '\n'.join(csv_lines) + '\n'); atomic_write_text(md_path, '\n'.join(md) + '\n')
     return csv_path, md_path
 
-# %% ../nbs/00_core.ipynb #cell-033
-_TYPES = {'int': int, 'float': (int, float), 'str': str, 'list': (list, tuple), 'bool': bool, 'dict': dict}
+# %% ../nbs/00_core.ipynb #cell-036
+PARAM_TYPES = {'int': int, 'float': (int, float), 'str': str, 'list': (list, tuple), 'bool': bool, 'dict': dict}
+
+def base_type_name(annotation) -> str | None:
+    "The base type name of a parameter annotation: 'int | None' → 'int', 'Optional[list]' → 'list' (None if unannotated)."
+    if annotation is None: return None
+    t = annotation if isinstance(annotation, str) else getattr(annotation, '__name__', str(annotation))
+    t = t.replace(' | None', '').replace('None | ', '')
+    if t.startswith('Optional[') and t.endswith(']'): t = t[9:-1]
+    return t
+
+def type_matches(annotation, value) -> bool:
+    "Whether `value` fits a notebook-parameter annotation: the one rule of the notebooks and the runner (None always fits)."
+    base = base_type_name(annotation)
+    want = PARAM_TYPES.get(base)
+    if want is None or value is None: return True
+    if base in ('int', 'float') and isinstance(value, bool): return False
+    return isinstance(value, want)
 
 def check_notebook_params(namespace: dict, names=None) -> dict:
     "Check annotated notebook parameters against their types; returns {name: value}."
@@ -258,11 +282,9 @@ def check_notebook_params(namespace: dict, names=None) -> dict:
     out = {}
     for name, t in ann.items():
         if names is not None and name not in names: continue
-        tname = t if isinstance(t, str) else getattr(t, '__name__', str(t))
-        tname = tname.replace(' | None', '').replace('None | ', '')
-        want = _TYPES.get(tname)
         v = namespace.get(name)
-        if want is not None and v is not None and (not isinstance(v, want) or (tname in ('int', 'float') and isinstance(v, bool))):
+        if not type_matches(t, v):
+            tname = base_type_name(t)
             hint = (" With papermill, pass lists and dicts as YAML: -y \"" + name + ": [1, 10]\"" if tname in ('list', 'dict') else
                     " With papermill, -p converts numbers automatically; quote nothing else.")
             raise DDError(f"notebook parameter {name} must be of type {tname}, got {type(v).__name__} {v!r}.{hint}")
