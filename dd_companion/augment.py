@@ -19,6 +19,7 @@ DSA_FAMILIES = ['color', 'crop', 'cutout', 'flip', 'scale', 'rotate']
 
 @dataclass
 class DSAParams:
+    "Strengths of the DSA families (the MTT defaults): colour ranges, crop and cutout fractions, flip probability, scale and rotation."
     brightness: float = 1.0
     saturation: float = 2.0
     contrast: float = 0.5
@@ -28,6 +29,7 @@ class DSAParams:
     scale: float = 1.2
     rotate: float = 15.0
 
+# %% ../nbs/03_augment.ipynb #cell-009
 def draw_dsa(n: int, shape, generator=None, families=DSA_FAMILIES, p: DSAParams = DSAParams(), device='cpu') -> dict:
     "Draw the random parameters of one DSA call for a batch of `n` images of `shape` (C, H, W)."
     _, h, w = shape
@@ -51,48 +53,59 @@ def draw_dsa(n: int, shape, generator=None, families=DSA_FAMILIES, p: DSAParams 
         d = {'theta': (r(n) - 0.5) * 2 * p.rotate / 180 * math.pi}
     return {'family': fam, **{k: v.to(device) for k, v in d.items()}}
 
-# %% ../nbs/03_augment.ipynb #cell-007
+# %% ../nbs/03_augment.ipynb #cell-014
+def _per_image(t, x): return t.to(x.device).view(len(x), 1, 1, 1).to(x.dtype)
+
+def _color(x, d):
+    x = x + _per_image(d['brightness'], x)
+    m = x.mean(1, keepdim=True); x = (x - m) * _per_image(d['saturation'], x) + m
+    m = x.mean((1, 2, 3), keepdim=True); return (x - m) * _per_image(d['contrast'], x) + m
+
+def _cutout(x, d):
+    n, _, h, w = x.shape
+    ch, cw = int(d['size'][0]), int(d['size'][1])
+    ys = torch.arange(h, device=x.device).view(1, h, 1); xs = torch.arange(w, device=x.device).view(1, 1, w)
+    cy, cx = d['cy'].to(x.device).view(n, 1, 1), d['cx'].to(x.device).view(n, 1, 1)
+    inside = (ys >= cy - ch // 2) & (ys < cy - ch // 2 + ch) & (xs >= cx - cw // 2) & (xs < cx - cw // 2 + cw)
+    return x * (~inside).unsqueeze(1).to(x.dtype)
+
+def _flip(x, d): return torch.where(d['mask'].to(x.device).view(len(x), 1, 1, 1), x.flip(3), x)
+
+# %% ../nbs/03_augment.ipynb #cell-018
+def _crop(x, d):
+    n, _, h, w = x.shape
+    dy, dx = d['dy'].to(x.device), d['dx'].to(x.device)
+    iy = torch.arange(h, device=x.device).view(1, h) + dy.view(n, 1)          # source row for each output row
+    ix = torch.arange(w, device=x.device).view(1, w) + dx.view(n, 1)
+    valid = ((iy >= 0) & (iy < h)).view(n, 1, h, 1) & ((ix >= 0) & (ix < w)).view(n, 1, 1, w)
+    iy, ix = iy.clamp(0, h - 1), ix.clamp(0, w - 1)
+    rows = x.gather(2, iy.view(n, 1, h, 1).expand(n, x.shape[1], h, w))
+    out = rows.gather(3, ix.view(n, 1, 1, w).expand(n, x.shape[1], h, w))
+    return out * valid
+
+# %% ../nbs/03_augment.ipynb #cell-022
 def _affine(x, mats):
     grid = F.affine_grid(mats, list(x.shape), align_corners=True)
     return F.grid_sample(x, grid, align_corners=True)
 
+def _scale(x, d):
+    z = torch.zeros(len(x), device=x.device, dtype=x.dtype)
+    sx, sy = d['sx'].to(x), d['sy'].to(x)
+    return _affine(x, torch.stack([torch.stack([sx, z, z], 1), torch.stack([z, sy, z], 1)], 1))
+
+def _rotate(x, d):
+    z = torch.zeros(len(x), device=x.device, dtype=x.dtype)
+    t = d['theta'].to(x)
+    return _affine(x, torch.stack([torch.stack([t.cos(), t.sin(), z], 1), torch.stack([-t.sin(), t.cos(), z], 1)], 1))
+
+# %% ../nbs/03_augment.ipynb #cell-026
+_APPLY = {'color': _color, 'crop': _crop, 'cutout': _cutout, 'flip': _flip, 'scale': _scale, 'rotate': _rotate}
+
 def apply_dsa(x: torch.Tensor, d: dict) -> torch.Tensor:
     "Apply a drawn DSA transformation to `x` (N×C×H×W); differentiable with respect to `x`."
-    fam, n = d['family'], len(x)
-    v = lambda t: t.to(x.device).view(n, 1, 1, 1).to(x.dtype)
-    if fam == 'color':
-        x = x + v(d['brightness'])
-        m = x.mean(1, keepdim=True); x = (x - m) * v(d['saturation']) + m
-        m = x.mean((1, 2, 3), keepdim=True); return (x - m) * v(d['contrast']) + m
-    if fam == 'crop':
-        _, _, h, w = x.shape
-        dy, dx = d['dy'].to(x.device), d['dx'].to(x.device)
-        iy = torch.arange(h, device=x.device).view(1, h) + dy.view(n, 1)          # source row for each output row
-        ix = torch.arange(w, device=x.device).view(1, w) + dx.view(n, 1)
-        valid = ((iy >= 0) & (iy < h)).view(n, 1, h, 1) & ((ix >= 0) & (ix < w)).view(n, 1, 1, w)
-        iy, ix = iy.clamp(0, h - 1), ix.clamp(0, w - 1)
-        rows = x.gather(2, iy.view(n, 1, h, 1).expand(n, x.shape[1], h, w))
-        out = rows.gather(3, ix.view(n, 1, 1, w).expand(n, x.shape[1], h, w))
-        return out * valid
-    if fam == 'cutout':
-        _, _, h, w = x.shape
-        ch, cw = int(d['size'][0]), int(d['size'][1])
-        ys = torch.arange(h, device=x.device).view(1, h, 1); xs = torch.arange(w, device=x.device).view(1, 1, w)
-        cy, cx = d['cy'].to(x.device).view(n, 1, 1), d['cx'].to(x.device).view(n, 1, 1)
-        inside = (ys >= cy - ch // 2) & (ys < cy - ch // 2 + ch) & (xs >= cx - cw // 2) & (xs < cx - cw // 2 + cw)
-        return x * (~inside).unsqueeze(1).to(x.dtype)
-    if fam == 'flip':
-        return torch.where(d['mask'].to(x.device).view(n, 1, 1, 1), x.flip(3), x)
-    z = torch.zeros(n, device=x.device, dtype=x.dtype)
-    if fam == 'scale':
-        sx, sy = d['sx'].to(x), d['sy'].to(x)
-        mats = torch.stack([torch.stack([sx, z, z], 1), torch.stack([z, sy, z], 1)], 1)
-    else:
-        t = d['theta'].to(x)
-        mats = torch.stack([torch.stack([t.cos(), t.sin(), z], 1), torch.stack([-t.sin(), t.cos(), z], 1)], 1)
-    return _affine(x, mats)
+    return _APPLY[d['family']](x, d)
 
-# %% ../nbs/03_augment.ipynb #cell-009
+# %% ../nbs/03_augment.ipynb #cell-031
 class DSA:
     "Differentiable siamese augmentation with a private, checkpointable random stream."
     def __init__(self, seed: int = 0, families=DSA_FAMILIES, params: DSAParams = DSAParams()):
@@ -101,14 +114,19 @@ class DSA:
         self.generator = torch.Generator().manual_seed(seed)
         self.last = None
     def draw(self, x) -> dict:
+        "Draw the parameters of one DSA call for the batch `x` from this object's random stream."
         return draw_dsa(len(x), x.shape[1:], self.generator, self.families, self.params, x.device)
     def __call__(self, x, params: dict | None = None):
         self.last = params if params is not None else self.draw(x)
         return apply_dsa(x, self.last)
-    def state_dict(self): return {'generator': self.generator.get_state()}
-    def load_state_dict(self, s): self.generator.set_state(s['generator'])
+    def state_dict(self):
+        "The random stream's state, for a checkpoint."
+        return {'generator': self.generator.get_state()}
+    def load_state_dict(self, s):
+        "Restore the random stream from `state_dict()`: the following draws repeat."
+        self.generator.set_state(s['generator'])
 
-# %% ../nbs/03_augment.ipynb #cell-017
+# %% ../nbs/03_augment.ipynb #cell-037
 def crop_flip(x: torch.Tensor, generator=None, pad: int = 4) -> torch.Tensor:
     "Random translation by up to `pad` pixels (zero fill, as pad+crop) and a horizontal flip with p = 0.5."
     n = len(x)

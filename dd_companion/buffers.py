@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import (remove_stale_tmp, DDError, check_choice, check_range, atomic_write, atomic_save_json, atomic_torch_save,
@@ -20,12 +21,13 @@ from .models import model_for, FlatModel, MODELS
 from .augment import DSA
 
 # %% auto #0
-__all__ = ['EXPERT_PRESETS', 'ExpertConfig', 'expert_config', 'train_expert_epochs', 'build_experts', 'ExpertBuffer',
-           'expert_curves', 'plot_experts']
+__all__ = ['EXPERT_PRESETS', 'ExpertConfig', 'expert_config', 'new_expert_state', 'train_expert_epochs', 'ExpertBuffer',
+           'build_experts', 'expert_curves', 'plot_experts']
 
 # %% ../nbs/05_buffers.ipynb #cell-005
 @dataclass
 class ExpertConfig:
+    "Everything that determines a set of expert trajectories: data, network, optimiser, augmentation, seed, and how many experts × epochs."
     dataset: str = 'cifar10-mini'
     zca: bool = False
     model: str = 'ConvNet'
@@ -43,19 +45,29 @@ class ExpertConfig:
     seed: int = 0
     num_experts: int = 5
     epochs: int = 15
-    def validate(self):
-        check_choice('dataset', self.dataset, DATASETS); check_choice('model', self.model, MODELS)
-        check_range('num_experts', self.num_experts, 1, None, int); check_range('epochs', self.epochs, 1, None, int)
-        check_range('lr', self.lr, 0, None); check_range('batch_size', self.batch_size, 1, None, int)
-        return self
-    def identity(self) -> dict:
-        "Everything that shapes a trajectory (not how many experts or epochs)."
-        d = asdict(self); d.pop('num_experts'); d.pop('epochs'); return d
-    @property
-    def key(self) -> str: return config_hash(self.identity())
 
+# %% ../nbs/05_buffers.ipynb #cell-009
+@patch
+def validate(self: ExpertConfig):
+    "Check the dataset, model and numeric fields (a `DDError` naming the first bad one); returns `self`."
+    check_choice('dataset', self.dataset, DATASETS); check_choice('model', self.model, MODELS)
+    check_range('num_experts', self.num_experts, 1, None, int); check_range('epochs', self.epochs, 1, None, int)
+    check_range('lr', self.lr, 0, None); check_range('batch_size', self.batch_size, 1, None, int)
+    return self
+
+@patch
+def identity(self: ExpertConfig) -> dict:
+    "Everything that shapes a trajectory (not how many experts or epochs)."
+    d = asdict(self); d.pop('num_experts'); d.pop('epochs'); return d
+
+@patch(as_prop=True)
+def key(self: ExpertConfig) -> str:
+    "The cache key: a hash of `identity()`, the name of the buffer folder."
+    return config_hash(self.identity())
+
+# %% ../nbs/05_buffers.ipynb #cell-013
 EXPERT_PRESETS = {
-    'p-quick': ExpertConfig(),
+    'quick': ExpertConfig(),
     'lite': ExpertConfig(width=32, num_experts=3, epochs=8),
     'smoke': ExpertConfig(width=16, num_experts=2, epochs=3, train_per_class=20, test_per_class=10),
     'mtt-cifar10': ExpertConfig(dataset='cifar10', zca=True, num_experts=100, epochs=50),
@@ -67,14 +79,15 @@ EXPERT_PRESETS = {
     'selmatch-tiny': ExpertConfig(dataset='tinyimagenet', model='ConvNetD4', norm='batch', dsa=False, num_experts=100, epochs=100),
 }
 
-def expert_config(preset: str = 'p-quick', **overrides) -> ExpertConfig:
+def expert_config(preset: str = 'quick', **overrides) -> ExpertConfig:
+    "A named expert preset with fields overridden (an unknown field is an error listing the known ones)."
     check_choice('expert preset', preset, EXPERT_PRESETS)
     known = [f.name for f in fields(ExpertConfig)]
     unknown = [k for k in overrides if k not in known]
     if unknown: raise DDError(f"unknown expert option(s) {', '.join(map(repr, unknown))}; ExpertConfig has: {', '.join(known)}.")
     return replace(EXPERT_PRESETS[preset], **overrides).validate()
 
-# %% ../nbs/05_buffers.ipynb #cell-008
+# %% ../nbs/05_buffers.ipynb #cell-017
 def _npy_header(path) -> tuple:
     "(shape, dtype, data offset) of an `.npy` file, reading only its header."
     with open(path, 'rb') as f:
@@ -86,10 +99,11 @@ def _npy_header(path) -> tuple:
 def _write_npy(path, arr: np.ndarray):
     with atomic_write(path) as f: np.save(f, np.ascontiguousarray(arr))
 
-# %% ../nbs/05_buffers.ipynb #cell-011
+# %% ../nbs/05_buffers.ipynb #cell-021
 def _expert_seed(cfg: ExpertConfig, i: int) -> int: return cfg.seed * 100_003 + i
 
-def _new_state(cfg, data, i, device):
+def new_expert_state(cfg: ExpertConfig, data: RealData, i: int, device='cpu') -> dict:
+    "The state of expert `i` before its first epoch: initial network and optimiser, its two random streams, θ₀."
     torch.manual_seed(_expert_seed(cfg, i))
     model = model_for(data, cfg.model, width=cfg.width, depth=cfg.depth, norm=cfg.norm).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -99,37 +113,54 @@ def _new_state(cfg, data, i, device):
             'dsa': DSA(seed=_expert_seed(cfg, i) + 1).state_dict(),
             'snapshots': [fm.flat_parameters().cpu()], 'train_acc': [], 'test_acc': [], 'correct': [], 'seconds': 0.0}
 
-def train_expert_epochs(cfg: ExpertConfig, data: RealData, state: dict, until: int, device='cpu', compile: bool = False,
-                        on_epoch=None, bar=None) -> dict:
-    "Continue an expert's training from `state` up to epoch `until`, calling `on_epoch(state)` after each epoch."
+_new_state = new_expert_state          # its former private name, still imported by `performance`
+
+# %% ../nbs/05_buffers.ipynb #cell-025
+def _restore(cfg: ExpertConfig, data: RealData, state: dict, device):
+    "(model, optimiser, shuffling generator, DSA) of an expert, as they were in `state`."
     model = model_for(data, cfg.model, width=cfg.width, depth=cfg.depth, norm=cfg.norm).to(device)
     model.load_state_dict(state['model'])
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     opt.load_state_dict(state['opt'])
     gen = torch.Generator(); gen.set_state(state['shuffle'])
     dsa = DSA(); dsa.load_state_dict(state['dsa'])
+    return model, opt, gen, dsa
+
+def _train_epoch(cfg, model, run, opt, gen, dsa, x_all, y_all, e: int) -> torch.Tensor:
+    "One epoch of SGD; returns uint8 correctness of every training image on its (augmented) minibatch."
+    for g in opt.param_groups:
+        g['lr'] = cfg.lr * (0.1 if cfg.lr_decay_epoch is not None and e >= cfg.lr_decay_epoch else 1.0)
+    model.train()
+    perm = torch.randperm(len(y_all), generator=gen)
+    correct = torch.zeros(len(y_all), dtype=torch.uint8)
+    for i in range(0, len(perm), cfg.batch_size):
+        idx = perm[i:i + cfg.batch_size]
+        x = dsa(x_all[idx]) if cfg.dsa else x_all[idx]
+        out = run(x)
+        loss = F.cross_entropy(out, y_all[idx])
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        correct[idx] = (out.argmax(1) == y_all[idx]).cpu().to(torch.uint8)
+    return correct
+
+def _test_accuracy(model, run, data: RealData, device) -> float:
+    model.eval()
+    with torch.no_grad():
+        return sum((run(data.test.images[j:j + 500].to(device)).argmax(1).cpu() == data.test.labels[j:j + 500]).sum().item()
+                   for j in range(0, len(data.test), 500)) / len(data.test)
+
+# %% ../nbs/05_buffers.ipynb #cell-029
+def train_expert_epochs(cfg: ExpertConfig, data: RealData, state: dict, until: int, *, device='cpu', compile: bool = False,
+                        on_epoch=None, bar=None) -> dict:
+    "Continue an expert's training from `state` up to epoch `until`, calling `on_epoch(state)` after each epoch."
+    model, opt, gen, dsa = _restore(cfg, data, state, device)
     fm = FlatModel(model)
     run = torch.compile(model) if compile else model
     x_all, y_all = data.train.images.to(device), data.train.labels.to(device)
     while state['epoch'] < until:
         t0 = time.perf_counter()
         e = state['epoch']
-        for g in opt.param_groups:
-            g['lr'] = cfg.lr * (0.1 if cfg.lr_decay_epoch is not None and e >= cfg.lr_decay_epoch else 1.0)
-        model.train()
-        perm = torch.randperm(len(y_all), generator=gen)
-        correct = torch.zeros(len(y_all), dtype=torch.uint8)
-        for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            x = dsa(x_all[idx]) if cfg.dsa else x_all[idx]
-            out = run(x)
-            loss = F.cross_entropy(out, y_all[idx])
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-            correct[idx] = (out.argmax(1) == y_all[idx]).cpu().to(torch.uint8)
-        model.eval()
-        with torch.no_grad():
-            test_acc = sum((run(data.test.images[j:j + 500].to(device)).argmax(1).cpu() == data.test.labels[j:j + 500]).sum().item()
-                           for j in range(0, len(data.test), 500)) / len(data.test)
+        correct = _train_epoch(cfg, model, run, opt, gen, dsa, x_all, y_all, e)
+        test_acc = _test_accuracy(model, run, data, device)
         state.update(epoch=e + 1, model=model.state_dict(), opt=opt.state_dict(), shuffle=gen.get_state(), dsa=dsa.state_dict())
         state['snapshots'].append(fm.flat_parameters().cpu().clone())
         state['train_acc'].append(correct.float().mean().item()); state['test_acc'].append(test_acc)
@@ -140,7 +171,7 @@ def train_expert_epochs(cfg: ExpertConfig, data: RealData, state: dict, until: i
         if on_epoch is not None: on_epoch(state)
     return state
 
-# %% ../nbs/05_buffers.ipynb #cell-013
+# %% ../nbs/05_buffers.ipynb #cell-033
 def _paths(folder: Path, i: int) -> dict:
     s = f'expert_{i:03d}'
     return {k: folder / f'{s}{suf}' for k, suf in
@@ -152,6 +183,7 @@ def _manifest(folder: Path) -> dict:
     try: return json.loads(p.read_text())
     except json.JSONDecodeError as e: raise DDError(f"buffer manifest {p} is corrupt ({e}); delete the folder {folder} to rebuild it.")
 
+# %% ../nbs/05_buffers.ipynb #cell-037
 def _finish_expert(cfg, folder, i, state):
     p = _paths(folder, i)
     snaps = torch.stack(state['snapshots']).numpy().astype(np.float32)
@@ -178,39 +210,44 @@ def _resume_state(cfg, data, folder, i, device):
         st.update(snapshots=list(torch.from_numpy(snaps)), train_acc=meta['train_acc'], test_acc=meta['test_acc'],
                   correct=list(torch.from_numpy(np.load(p['correct']))))
         return st
-    return _new_state(cfg, data, i, device)
+    return new_expert_state(cfg, data, i, device)
 
-def build_experts(cfg: ExpertConfig | str = 'p-quick', data: RealData | None = None, root=None, device='cpu',
-                  compile: bool = False, progress: bool = True, **overrides) -> 'ExpertBuffer':
-    "Train (or find in the cache) `cfg.num_experts` experts of `cfg.epochs` epochs; returns the buffer."
-    cfg = expert_config(cfg, **overrides) if isinstance(cfg, str) else replace(cfg, **overrides).validate()
-    folder = Path(root or buffers_dir()) / cfg.key
-    folder.mkdir(parents=True, exist_ok=True)
-    with file_lock(folder / '.lock', message=f'waiting for another process building the buffer {folder} ...'):
-        remove_stale_tmp(folder, only_dead=False)            # we hold the lock: any temporary file is a dead writer's
-        man = _manifest(folder)
-        done = {int(k): v for k, v in man.get('experts', {}).items()}
-        todo = [i for i in range(cfg.num_experts) if done.get(i, {}).get('epochs', 0) < cfg.epochs]
-        if todo:
-            data = data or load_dataset(cfg.dataset, zca=cfg.zca, train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class)
-            missing = sum(cfg.epochs - done.get(i, {}).get('epochs', 0) for i in todo)
-            bar = tqdm(total=missing, desc=f'experts {cfg.key[:8]}', disable=not progress)
-            man = {'config': cfg.identity(), 'key': cfg.key, 'environment': environment_info(),
-                   'dataset': {'name': data.name, 'train': len(data.train), 'test': len(data.test), **data.normalisation()},
-                   'experts': {str(k): v for k, v in done.items()}}
-            for i in todo:
-                p = _paths(folder, i)
-                state = _resume_state(cfg, data, folder, i, device)
-                bar.set_description(f'expert {i + 1}/{cfg.num_experts}')
-                save = lambda st: atomic_torch_save(p['partial'], st)
-                train_expert_epochs(cfg, data, state, cfg.epochs, device, compile, on_epoch=save, bar=bar)
-                meta = _finish_expert(cfg, folder, i, state)
-                man['experts'][str(i)] = {'epochs': meta['epochs'], 'sha256': meta['sha256'], 'num_params': meta['num_params']}
-                atomic_save_json(folder / 'manifest.json', man)
-            bar.close()
-    return ExpertBuffer(folder, cfg.num_experts, cfg.epochs)
+# %% ../nbs/05_buffers.ipynb #cell-039
+def _train_experts(cfg: ExpertConfig, folder: Path, todo: list, done: dict, data, device, compile: bool, progress: bool):
+    "Train (or finish) the experts `todo` into `folder`; `done` holds the manifest entries of the complete ones."
+    data = data or load_dataset(cfg.dataset, zca=cfg.zca, train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class)
+    missing = sum(cfg.epochs - done.get(i, {}).get('epochs', 0) for i in todo)
+    bar = tqdm(total=missing, desc=f'experts {cfg.key[:8]}', disable=not progress)
+    man = {'config': cfg.identity(), 'key': cfg.key, 'environment': environment_info(),
+           'dataset': {'name': data.name, 'train': len(data.train), 'test': len(data.test), **data.normalisation()},
+           'experts': {str(k): v for k, v in done.items()}}
+    for i in todo:
+        p = _paths(folder, i)
+        state = _resume_state(cfg, data, folder, i, device)
+        bar.set_description(f'expert {i + 1}/{cfg.num_experts}')
+        save = lambda st: atomic_torch_save(p['partial'], st)
+        train_expert_epochs(cfg, data, state, cfg.epochs, device=device, compile=compile, on_epoch=save, bar=bar)
+        meta = _finish_expert(cfg, folder, i, state)
+        man['experts'][str(i)] = {'epochs': meta['epochs'], 'sha256': meta['sha256'], 'num_params': meta['num_params']}
+        atomic_save_json(folder / 'manifest.json', man)
+    bar.close()
 
-# %% ../nbs/05_buffers.ipynb #cell-015
+# %% ../nbs/05_buffers.ipynb #cell-043
+def _expert_file_offset(folder: Path, manifest: dict, i: int, num_params: int) -> int:
+    "Check expert i's `.npy` against the manifest (shape, dtype, size); returns the byte offset of its first row."
+    path = _paths(folder, i)['npy']
+    if not path.exists(): raise DDError(f"expert file {path} is missing; delete {folder / 'manifest.json'} to rebuild.")
+    try: shape, dtype, offset = _npy_header(path)
+    except Exception as e: raise DDError(f"expert file {path} is corrupt (unreadable header: {e}); delete it and rebuild.") from None
+    want = (manifest['experts'][str(i)]['epochs'] + 1, num_params)
+    if tuple(shape) != want or dtype != np.float32:
+        raise DDError(f"expert file {path} holds {shape} {dtype}, the manifest says {want} float32: it belongs to another configuration.")
+    size = os.path.getsize(path)
+    if size != offset + 4 * want[0] * want[1]:
+        raise DDError(f"expert file {path} is truncated ({size} bytes, expected {offset + 4 * want[0] * want[1]}); delete it and rebuild.")
+    return offset
+
+# %% ../nbs/05_buffers.ipynb #cell-047
 class ExpertBuffer:
     "Lazy access to a folder of expert trajectories."
     def __init__(self, folder, num_experts: int | None = None, epochs: int | None = None, expected: dict | None = None):
@@ -231,61 +268,90 @@ class ExpertBuffer:
         if self.epochs > self.max_epochs:
             raise DDError(f"the buffer {self.folder} holds {self.max_epochs} epochs per expert, {self.epochs} were asked for.")
         self.num_params = man['experts'][str(self.experts[0])]['num_params']
-        self._layout = {i: self._check_file(i) for i in self.experts}
-    def _check_file(self, i):
-        path = _paths(self.folder, i)['npy']
-        if not path.exists(): raise DDError(f"expert file {path} is missing; delete {self.folder / 'manifest.json'} to rebuild.")
-        try: shape, dtype, offset = _npy_header(path)
-        except Exception as e: raise DDError(f"expert file {path} is corrupt (unreadable header: {e}); delete it and rebuild.") from None
-        want = (self.manifest['experts'][str(i)]['epochs'] + 1, self.num_params)
-        if tuple(shape) != want or dtype != np.float32:
-            raise DDError(f"expert file {path} holds {shape} {dtype}, the manifest says {want} float32: it belongs to another configuration.")
-        size = os.path.getsize(path)
-        if size != offset + 4 * want[0] * want[1]:
-            raise DDError(f"expert file {path} is truncated ({size} bytes, expected {offset + 4 * want[0] * want[1]}); delete it and rebuild.")
-        return offset
-    def verify(self):
-        "Check every expert file against the SHA-256 recorded in the manifest."
-        for i in self.experts:
-            path = _paths(self.folder, i)['npy']
-            if sha256_file(path) != self.manifest['experts'][str(i)]['sha256']:
-                raise DDError(f"expert file {path} does not match its checksum: it is corrupt; delete it and rebuild.")
-        return self
-    def snapshot(self, expert: int, epoch: int) -> torch.Tensor:
-        "θ of `expert` after `epoch` epochs (0 = initialisation), read with a single positioned read."
-        if expert not in self._layout: raise DDError(f"expert {expert} is not in the buffer (has {self.experts}).")
-        check_range('epoch', epoch, 0, self.epochs, int, f' (the buffer holds epochs 0..{self.epochs})')
-        n = 4 * self.num_params
-        fd = os.open(_paths(self.folder, expert)['npy'], os.O_RDONLY)
-        try: raw = os.pread(fd, n, self._layout[expert] + epoch * n)
-        finally: os.close(fd)
-        if len(raw) != n: raise DDError(f"expert file {_paths(self.folder, expert)['npy']} is truncated.")
-        return torch.frombuffer(bytearray(raw), dtype=torch.float32)
-    def pair(self, expert: int, start: int, span: int):
-        "(θ*_start, θ*_{start+span}) of one expert."
-        if start + span > self.epochs:
-            raise DDError(f"start epoch {start} + expert_epochs {span} exceeds the {self.epochs} epochs this buffer holds.")
-        return self.snapshot(expert, start), self.snapshot(expert, start + span)
-    def sample(self, generator: torch.Generator, max_start: int, span: int, min_start: int = 0):
-        "Random expert and start epoch t ∈ [min_start, max_start): (expert, t, θ*_t, θ*_{t+span})."
-        e = self.experts[int(torch.randint(len(self.experts), (1,), generator=generator))]
-        t = int(torch.randint(min_start, max_start, (1,), generator=generator))
-        return (e, t, *self.pair(e, t, span))
-    def trajectory(self, expert: int) -> np.ndarray:
-        "All snapshots of one expert (memory-mapped)."
-        return np.load(_paths(self.folder, expert)['npy'], mmap_mode='r')[: self.epochs + 1]
-    def meta(self, expert: int) -> dict: return json.loads(_paths(self.folder, expert)['meta'].read_text())
-    def correctness(self, expert: int) -> np.ndarray:
-        "uint8 epochs×N: was training sample n classified correctly in epoch e (on its augmented minibatch)."
-        return np.load(_paths(self.folder, expert)['correct'])[: self.epochs]
-    def __iter__(self): return iter(self.experts)
-    def __len__(self): return len(self.experts)
-    def nbytes(self) -> int: return sum(os.path.getsize(_paths(self.folder, i)['npy']) for i in self.experts)
-    def __repr__(self):
-        return (f"ExpertBuffer({self.folder.name}: {len(self)} experts × {self.epochs} epochs, {self.num_params:,} params, "
-                f"{self.nbytes() / 2**20:.1f} MiB, {self.config['dataset']}/{self.config['model']})")
+        self._layout = {i: _expert_file_offset(self.folder, man, i, self.num_params) for i in self.experts}
 
-# %% ../nbs/05_buffers.ipynb #cell-025
+# %% ../nbs/05_buffers.ipynb #cell-052
+@patch
+def verify(self: ExpertBuffer):
+    "Check every expert file against the SHA-256 recorded in the manifest."
+    for i in self.experts:
+        path = _paths(self.folder, i)['npy']
+        if sha256_file(path) != self.manifest['experts'][str(i)]['sha256']:
+            raise DDError(f"expert file {path} does not match its checksum: it is corrupt; delete it and rebuild.")
+    return self
+
+@patch
+def snapshot(self: ExpertBuffer, expert: int, epoch: int) -> torch.Tensor:
+    "θ of `expert` after `epoch` epochs (0 = initialisation), read with a single positioned read."
+    if expert not in self._layout: raise DDError(f"expert {expert} is not in the buffer (has {self.experts}).")
+    check_range('epoch', epoch, 0, self.epochs, int, f' (the buffer holds epochs 0..{self.epochs})')
+    n = 4 * self.num_params
+    fd = os.open(_paths(self.folder, expert)['npy'], os.O_RDONLY)
+    try: raw = os.pread(fd, n, self._layout[expert] + epoch * n)
+    finally: os.close(fd)
+    if len(raw) != n: raise DDError(f"expert file {_paths(self.folder, expert)['npy']} is truncated.")
+    return torch.frombuffer(bytearray(raw), dtype=torch.float32)
+
+# %% ../nbs/05_buffers.ipynb #cell-056
+@patch
+def pair(self: ExpertBuffer, expert: int, start: int, span: int):
+    "(θ*_start, θ*_{start+span}) of one expert."
+    if start + span > self.epochs:
+        raise DDError(f"start epoch {start} + expert_epochs {span} exceeds the {self.epochs} epochs this buffer holds.")
+    return self.snapshot(expert, start), self.snapshot(expert, start + span)
+
+@patch
+def sample(self: ExpertBuffer, generator: torch.Generator, max_start: int, span: int, min_start: int = 0):
+    "Random expert and start epoch t ∈ [min_start, max_start): (expert, t, θ*_t, θ*_{t+span})."
+    e = self.experts[int(torch.randint(len(self.experts), (1,), generator=generator))]
+    t = int(torch.randint(min_start, max_start, (1,), generator=generator))
+    return (e, t, *self.pair(e, t, span))
+
+# %% ../nbs/05_buffers.ipynb #cell-060
+@patch
+def trajectory(self: ExpertBuffer, expert: int) -> np.ndarray:
+    "All snapshots of one expert (memory-mapped)."
+    return np.load(_paths(self.folder, expert)['npy'], mmap_mode='r')[: self.epochs + 1]
+
+@patch
+def meta(self: ExpertBuffer, expert: int) -> dict:
+    "The record of one expert: per-epoch train/test accuracy, checksum, seconds."
+    return json.loads(_paths(self.folder, expert)['meta'].read_text())
+
+@patch
+def correctness(self: ExpertBuffer, expert: int) -> np.ndarray:
+    "uint8 epochs×N: was training sample n classified correctly in epoch e (on its augmented minibatch)."
+    return np.load(_paths(self.folder, expert)['correct'])[: self.epochs]
+
+@patch
+def nbytes(self: ExpertBuffer) -> int:
+    "Bytes on disk of the experts' trajectory files."
+    return sum(os.path.getsize(_paths(self.folder, i)['npy']) for i in self.experts)
+
+@patch
+def __iter__(self: ExpertBuffer): return iter(self.experts)
+@patch
+def __len__(self: ExpertBuffer): return len(self.experts)
+@patch
+def __repr__(self: ExpertBuffer):
+    return (f"ExpertBuffer({self.folder.name}: {len(self)} experts × {self.epochs} epochs, {self.num_params:,} params, "
+            f"{self.nbytes() / 2**20:.1f} MiB, {self.config['dataset']}/{self.config['model']})")
+
+# %% ../nbs/05_buffers.ipynb #cell-064
+def build_experts(cfg: ExpertConfig | str = 'quick', *, data: RealData | None = None, root=None, device='cpu',
+                  compile: bool = False, progress: bool = True, **overrides) -> ExpertBuffer:
+    "Train (or find in the cache) `cfg.num_experts` experts of `cfg.epochs` epochs; returns the buffer."
+    cfg = expert_config(cfg, **overrides) if isinstance(cfg, str) else replace(cfg, **overrides).validate()
+    folder = Path(root or buffers_dir()) / cfg.key
+    folder.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder / '.lock', message=f'waiting for another process building the buffer {folder} ...'):
+        remove_stale_tmp(folder, only_dead=False)            # we hold the lock: any temporary file is a dead writer's
+        done = {int(k): v for k, v in _manifest(folder).get('experts', {}).items()}
+        todo = [i for i in range(cfg.num_experts) if done.get(i, {}).get('epochs', 0) < cfg.epochs]
+        if todo: _train_experts(cfg, folder, todo, done, data, device, compile, progress)
+    return ExpertBuffer(folder, cfg.num_experts, cfg.epochs)
+
+# %% ../nbs/05_buffers.ipynb #cell-075
 def expert_curves(buf: ExpertBuffer) -> dict:
     "Per-expert train/test accuracy and distance from initialisation, per epoch."
     out = {'train_acc': [], 'test_acc': [], 'distance': []}
@@ -295,6 +361,7 @@ def expert_curves(buf: ExpertBuffer) -> dict:
         out['distance'].append([float(np.linalg.norm(traj[e] - traj[0])) for e in range(buf.epochs + 1)])
     return out
 
+# %% ../nbs/05_buffers.ipynb #cell-079
 def plot_experts(buf: ExpertBuffer, path=None):
     "Figure: accuracy and distance from initialisation per epoch (mean and every expert)."
     import matplotlib.pyplot as plt

@@ -49,7 +49,7 @@ def figures_dir() -> Path:
     "Regenerated tables and figures (`DD_COMPANION_FIGURES` overrides)."
     return Path(os.environ.get('DD_COMPANION_FIGURES', project_root() / 'figures'))
 
-# %% ../nbs/00_core.ipynb #cell-008
+# %% ../nbs/00_core.ipynb #cell-009
 class DDError(ValueError):
     "A user-facing error: one paragraph naming what is wrong and what to do."
 
@@ -71,14 +71,14 @@ def check_range(name: str, value, lo=None, hi=None, kind=(int, float), why: str 
         raise DDError(f"{name}={value!r} is outside the allowed range {rng}{why}.")
     return value
 
-# %% ../nbs/00_core.ipynb #cell-011
+# %% ../nbs/00_core.ipynb #cell-013
 SCALES = ('smoke', 'lite', 'quick', 'paper')
 
 def check_scale(scale: str, allowed=SCALES) -> str:
     "Raise `DDError` unless `scale` is one of the project's scale words (or of `allowed`)."
     return check_choice('scale', scale, allowed)
 
-# %% ../nbs/00_core.ipynb #cell-014
+# %% ../nbs/00_core.ipynb #cell-017
 @contextlib.contextmanager
 def atomic_write(path, mode: str = 'wb'):
     "Context manager yielding a temporary file object that replaces `path` only if the block succeeds."
@@ -97,10 +97,13 @@ def atomic_write(path, mode: str = 'wb'):
 
 _UMASK = os.umask(0o022); os.umask(_UMASK)
 
+# %% ../nbs/00_core.ipynb #cell-021
 def atomic_write_bytes(path, data: bytes):
+    "Write `data` to `path` atomically (through `atomic_write`)."
     with atomic_write(path, 'wb') as f: f.write(data)
 
 def atomic_write_text(path, text: str):
+    "Write the string `text` to `path` atomically (through `atomic_write`)."
     with atomic_write(path, 'w') as f: f.write(text)
 
 def _json_default(o):
@@ -124,7 +127,7 @@ def atomic_savefig(fig, path, **kwargs):
     path = Path(path)
     with atomic_write(path, 'wb') as f: fig.savefig(f, format=path.suffix.lstrip('.'), **{'dpi': 120, 'bbox_inches': 'tight', **kwargs})
 
-# %% ../nbs/00_core.ipynb #cell-018
+# %% ../nbs/00_core.ipynb #cell-025
 _TMP_NAME = re.compile(r'^\.(?P<target>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$')
 
 def _pid_alive(pid: int) -> bool:
@@ -155,7 +158,7 @@ def check_writable_dir(path, name: str = 'out_dir') -> Path:
         raise DDError(f"{name}={str(path)!r} is not writable ({e.strerror}); pass a writable folder as {name}.") from None
     return path
 
-# %% ../nbs/00_core.ipynb #cell-021
+# %% ../nbs/00_core.ipynb #cell-029
 def safe_torch_load(path, what: str = 'file'):
     "Load a `.pt` file with `weights_only=True`; any failure becomes a `DDError` naming the file."
     path = Path(path)
@@ -166,7 +169,7 @@ def safe_torch_load(path, what: str = 'file'):
         raise DDError(f"{what} {path} is truncated, corrupt or not a weights-only torch file "
                       f"({type(e).__name__}: {str(e)[:200]}). Delete it and rerun to regenerate it.") from e
 
-# %% ../nbs/00_core.ipynb #cell-024
+# %% ../nbs/00_core.ipynb #cell-033
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     "SHA-256 hex digest of a file, read in chunks."
     h = hashlib.sha256()
@@ -183,7 +186,7 @@ def set_seed(seed: int):
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
-# %% ../nbs/00_core.ipynb #cell-027
+# %% ../nbs/00_core.ipynb #cell-037
 def peak_rss_mb() -> float:
     "Peak resident set size of this process so far, in MiB (Linux reports KiB)."
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -204,7 +207,7 @@ def default_device() -> str:
     "`cuda` when a GPU is visible (and `DD_COMPANION_DEVICE` does not say otherwise), else `cpu`."
     return os.environ.get('DD_COMPANION_DEVICE', 'cuda' if torch.cuda.is_available() else 'cpu')
 
-# %% ../nbs/00_core.ipynb #cell-030
+# %% ../nbs/00_core.ipynb #cell-041
 import fcntl
 
 @contextlib.contextmanager
@@ -219,7 +222,7 @@ def file_lock(path, poll: float = 0.5, message: str | None = None):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-# %% ../nbs/00_core.ipynb #cell-033
+# %% ../nbs/00_core.ipynb #cell-045
 def experiment_out(name: str, out_dir: str = '') -> Path:
     "The output folder of an experiment notebook (created; must be writable)."
     out = check_writable_dir(Path(out_dir) if out_dir else runs_dir() / 'smoke' / name, 'out_dir')
@@ -233,6 +236,7 @@ def save_results(out: Path, name: str, params: dict, results: dict) -> Path:
                             'environment': environment_info(), 'finished': time.strftime('%Y-%m-%dT%H:%M:%S%z')})
     return path
 
+# %% ../nbs/00_core.ipynb #cell-049
 def fmt_mean_std(values, scale: float = 100.0, digits: int = 1) -> str:
     "'mean ± std' of a list of accuracies (as percentages by default)."
     a = np.asarray(values, dtype=float) * scale
@@ -249,7 +253,7 @@ def save_table(rows: list, out: Path, name: str, title: str = '') -> tuple:
     atomic_write_text(csv_path, '\n'.join(csv_lines) + '\n'); atomic_write_text(md_path, '\n'.join(md) + '\n')
     return csv_path, md_path
 
-# %% ../nbs/00_core.ipynb #cell-036
+# %% ../nbs/00_core.ipynb #cell-053
 PARAM_TYPES = {'int': int, 'float': (int, float), 'str': str, 'list': (list, tuple), 'bool': bool, 'dict': dict}
 
 def base_type_name(annotation) -> str | None:
@@ -268,6 +272,7 @@ def type_matches(annotation, value) -> bool:
     if base in ('int', 'float') and isinstance(value, bool): return False
     return isinstance(value, want)
 
+# %% ../nbs/00_core.ipynb #cell-057
 def check_notebook_params(namespace: dict, names=None) -> dict:
     "Check annotated notebook parameters against their types; returns {name: value}."
     ann = namespace.get('__annotations__', {})

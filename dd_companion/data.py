@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 
 from .core import DDError, check_choice, check_range, data_dir, downloads_dir, sha256_file, atomic_write
 
@@ -24,6 +25,7 @@ TINY_MEAN, TINY_STD = (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    "The facts of a registered dataset: image shape, class count, normalisation constants, official training-set size."
     name: str
     channels: int
     image_size: int
@@ -38,6 +40,8 @@ DATASETS = {
     'cifar100':     DatasetInfo('cifar100', 3, 32, 100, CIFAR_MEAN, CIFAR_STD, 50_000),
     'tinyimagenet': DatasetInfo('tinyimagenet', 3, 64, 200, TINY_MEAN, TINY_STD, 100_000),
 }
+
+# %% ../nbs/01_data.ipynb #cell-009
 PAPER_DATASET = {'cifar10-mini': 'cifar10'}     # which paper dataset a project dataset stands in for
 
 def paper_dataset(name: str) -> str:
@@ -49,7 +53,7 @@ def dataset_info(name: str) -> DatasetInfo:
     check_choice('dataset', name, DATASETS)
     return DATASETS[name]
 
-# %% ../nbs/01_data.ipynb #cell-008
+# %% ../nbs/01_data.ipynb #cell-013
 EMBEDDED_SHA256 = {
     'cifar10-mini.npz': '24fb50ee406a74bdd943cefcefb31964a1ea527427b23626988977827a708097',
     'scores/cscores_CIFAR10.npz': '0f8b3e219fd37867fc1ef532335b6169f8109d137275ae53b802bb8177556ac8',
@@ -74,9 +78,10 @@ def embedded_file(rel: str, root=None) -> Path:
         _verified.add((str(path), path.stat().st_mtime))
     return path
 
-# %% ../nbs/01_data.ipynb #cell-011
+# %% ../nbs/01_data.ipynb #cell-017
 @dataclass
 class RawSplit:
+    "One split as stored on disk: uint8 images (N×H×W×C), labels and each image's index in the official split."
     x: np.ndarray          # uint8 N×H×W×C
     y: np.ndarray          # int64 N
     index: np.ndarray      # int64 N, index in the official split
@@ -85,6 +90,7 @@ def _load_cifar10_mini(root, split):
     d = np.load(embedded_file('cifar10-mini.npz'))
     return RawSplit(d[f'x_{split}'], d[f'y_{split}'].astype(np.int64), d[f'{split}_index'].astype(np.int64)), list(d['classes'])
 
+# %% ../nbs/01_data.ipynb #cell-021
 _CIFAR_FILES = {'cifar10': ('CIFAR10', 'cifar-10-batches-py', 'cifar-10-python.tar.gz'),
                 'cifar100': ('CIFAR100', 'cifar-100-python', 'cifar-100-python.tar.gz')}
 
@@ -109,7 +115,7 @@ def _load_cifar(name, root, split, download):
     y = np.asarray(ds.targets, dtype=np.int64)
     return RawSplit(np.asarray(ds.data), y, np.arange(len(y), dtype=np.int64)), list(ds.classes)
 
-# %% ../nbs/01_data.ipynb #cell-013
+# %% ../nbs/01_data.ipynb #cell-025
 def _read_images(paths, size):
     from PIL import Image
     out = np.empty((len(paths), size, size, 3), np.uint8)
@@ -117,6 +123,7 @@ def _read_images(paths, size):
         with Image.open(p) as im: out[i] = np.asarray(im.convert('RGB').resize((size, size)))
     return out
 
+# %% ../nbs/01_data.ipynb #cell-029
 def _load_tiny(root, split, download):
     import torchvision
     base = Path(root) / 'tiny-imagenet-200'
@@ -144,6 +151,7 @@ def _load_tiny(root, split, download):
     with atomic_write(cache) as f: np.savez(f, x=raw.x, y=raw.y, index=raw.index)
     return raw, classes
 
+# %% ../nbs/01_data.ipynb #cell-033
 def load_raw(name: str, split: str = 'train', root=None, download: bool = True):
     "uint8 images, labels and original indices of one split of a registered dataset."
     dataset_info(name); check_choice('split', split, ['train', 'test'])
@@ -152,11 +160,12 @@ def load_raw(name: str, split: str = 'train', root=None, download: bool = True):
     if name in _CIFAR_FILES: return _load_cifar(name, root, split, download)
     return _load_tiny(root, split, download)
 
-# %% ../nbs/01_data.ipynb #cell-020
+# %% ../nbs/01_data.ipynb #cell-041
 class ZCA:
     "ZCA whitening fitted on a set of images (N×C×H×W), with its inverse."
     def __init__(self, eps: float = 0.1): self.eps = eps
     def fit(self, x: torch.Tensor):
+        "Fit the mean and the whitening matrix (and its inverse) on the images `x`; returns `self`."
         flat = x.reshape(len(x), -1).double()
         self.mean = flat.mean(0)
         centred = flat - self.mean
@@ -170,12 +179,16 @@ class ZCA:
     def __call__(self, x):
         return ((x.reshape(len(x), -1) - self.mean.to(x)) @ self.W.to(x)).reshape(x.shape)
     def inverse(self, x):
+        "Map whitened images back to the normalised space they came from (for display)."
         return (x.reshape(len(x), -1) @ self.W_inv.to(x) + self.mean.to(x)).reshape(x.shape)
-    def state(self): return {'eps': self.eps, 'mean': self.mean, 'W': self.W, 'W_inv': self.W_inv}
+    def state(self):
+        "The fitted tensors and ε as a dict of plain tensors (what a checkpoint stores)."
+        return {'eps': self.eps, 'mean': self.mean, 'W': self.W, 'W_inv': self.W_inv}
 
-# %% ../nbs/01_data.ipynb #cell-023
+# %% ../nbs/01_data.ipynb #cell-045
 @dataclass
 class Split:
+    "One split as tensors: normalised images, labels and each image's index in the official split."
     images: torch.Tensor    # float32 N×C×H×W, normalised (and ZCA-whitened when `zca` is on)
     labels: torch.Tensor    # int64 N
     index: torch.Tensor     # int64 N: position in the official split
@@ -184,38 +197,55 @@ class Split:
         "Positions (in this split) of the images of class `c`."
         return (self.labels == c).nonzero().flatten()
 
+# %% ../nbs/01_data.ipynb #cell-049
 @dataclass
 class RealData:
+    "A loaded dataset: its facts, class names, normalised train and test splits, and the fitted ZCA (if any)."
     info: DatasetInfo
     classes: list
     train: Split
     test: Split
     zca: ZCA | None = None
     @property
-    def name(self): return self.info.name
+    def name(self):
+        "The registry name of the dataset."
+        return self.info.name
     @property
-    def num_classes(self): return self.info.num_classes
+    def num_classes(self):
+        "Number of classes."
+        return self.info.num_classes
     @property
-    def image_shape(self): return (self.info.channels, self.info.image_size, self.info.image_size)
+    def image_shape(self):
+        "(channels, height, width) of one image."
+        return (self.info.channels, self.info.image_size, self.info.image_size)
     def class_counts(self) -> list:
+        "Training images per class."
         return torch.bincount(self.train.labels, minlength=self.num_classes).tolist()
-    def sample_per_class(self, n: int, generator=None) -> torch.Tensor:
-        "`n` random distinct training positions of each class, class-major (all of class 0 first)."
-        counts = self.class_counts()
-        check_range('ipc', n, 1, min(counts), int, f' (the smallest class of {self.name} has {min(counts)} training images)')
-        return torch.cat([self.train.class_indices(c)[torch.randperm(counts[c], generator=generator)[:n]]
-                          for c in range(self.num_classes)])
-    def to_display(self, x: torch.Tensor) -> torch.Tensor:
-        "Undo ZCA and normalisation: images in [0, 1] for plotting."
-        if self.zca is not None: x = self.zca.inverse(x)
-        m, s = torch.tensor(self.info.mean).view(1, -1, 1, 1), torch.tensor(self.info.std).view(1, -1, 1, 1)
-        return (x.detach().cpu() * s + m).clamp(0, 1)
     def normalisation(self) -> dict:
+        "The normalisation as JSON-ready values: mean, std and whether ZCA is on (recorded with buffers and sets)."
         return {'mean': list(self.info.mean), 'std': list(self.info.std), 'zca': self.zca is not None}
     def describe(self) -> str:
+        "One line: sizes, classes, image shape and whether ZCA is on."
         return (f"{self.name}: {len(self.train)} train / {len(self.test)} test images, {self.num_classes} classes, "
                 f"{'×'.join(map(str, self.image_shape))}, zca={'on' if self.zca is not None else 'off'}")
 
+# %% ../nbs/01_data.ipynb #cell-053
+@patch
+def sample_per_class(self: RealData, n: int, generator=None) -> torch.Tensor:
+    "`n` random distinct training positions of each class, class-major (all of class 0 first)."
+    counts = self.class_counts()
+    check_range('ipc', n, 1, min(counts), int, f' (the smallest class of {self.name} has {min(counts)} training images)')
+    return torch.cat([self.train.class_indices(c)[torch.randperm(counts[c], generator=generator)[:n]]
+                      for c in range(self.num_classes)])
+
+@patch
+def to_display(self: RealData, x: torch.Tensor) -> torch.Tensor:
+    "Undo ZCA and normalisation: images in [0, 1] for plotting."
+    if self.zca is not None: x = self.zca.inverse(x)
+    m, s = torch.tensor(self.info.mean).view(1, -1, 1, 1), torch.tensor(self.info.std).view(1, -1, 1, 1)
+    return (x.detach().cpu() * s + m).clamp(0, 1)
+
+# %% ../nbs/01_data.ipynb #cell-057
 def _first_per_class(y, n):
     if n is None: return np.arange(len(y))
     return np.sort(np.concatenate([np.flatnonzero(y == c)[:n] for c in np.unique(y)]))
@@ -225,7 +255,7 @@ def _to_tensor(raw: RawSplit, keep, info):
     m, s = torch.tensor(info.mean).view(1, -1, 1, 1), torch.tensor(info.std).view(1, -1, 1, 1)
     return Split(((x - m) / s).contiguous(), torch.from_numpy(raw.y[keep]), torch.from_numpy(raw.index[keep]))
 
-def load_dataset(name: str = 'cifar10-mini', zca: bool = False, root=None, download: bool = True,
+def load_dataset(name: str = 'cifar10-mini', *, zca: bool = False, root=None, download: bool = True,
                  train_per_class: int | None = None, test_per_class: int | None = None, zca_eps: float = 0.1) -> RealData:
     "Load a registered dataset as normalised tensors (optionally ZCA-whitened, fitted on its training split)."
     info = dataset_info(name)
@@ -238,7 +268,7 @@ def load_dataset(name: str = 'cifar10-mini', zca: bool = False, root=None, downl
         train.images, test.images = whitening(train.images), whitening(test.images)
     return RealData(info, [str(c) for c in classes], train, test, whitening)
 
-# %% ../nbs/01_data.ipynb #cell-028
+# %% ../nbs/01_data.ipynb #cell-064
 _SCORE_FILES = {('cifar10', 'cscore'): 'scores/cscores_CIFAR10.npz', ('cifar100', 'cscore'): 'scores/cscores_CIFAR100.npz',
                 ('cifar10', 'forgetting'): 'scores/forgetting_CIFAR10.npy', ('cifar100', 'forgetting'): 'scores/forgetting_CIFAR100.npy',
                 ('tinyimagenet', 'forgetting'): 'scores/forgetting_Tiny.npy'}

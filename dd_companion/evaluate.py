@@ -21,8 +21,9 @@ from .augment import DSA, crop_flip
 
 # %% auto #0
 __all__ = ['AUGMENTS', 'SCHEDULES', 'PROTOCOLS', 'EvalProtocol', 'protocol', 'lr_at', 'soft_cross_entropy', 'augment_batch',
-           'accuracy', 'train_module', 'train_stacked', 'stacked_accuracy', 'EvalResult', 'check_set_matches',
-           'evaluate_set', 'random_real_set', 'save_distilled', 'load_distilled', 'plot_image_grid']
+           'accuracy', 'train_module', 'train_stacked', 'stacked_accuracy', 'random_real_set', 'EvalResult',
+           'check_set_matches', 'evaluate_set', 'evaluate_groups', 'save_distilled', 'load_distilled',
+           'plot_image_grid']
 
 # %% ../nbs/04_evaluate.ipynb #cell-005
 AUGMENTS = ['dsa', 'crop_flip', 'combined', 'none']
@@ -30,6 +31,7 @@ SCHEDULES = ['step', 'cosine', 'constant']
 
 @dataclass
 class EvalProtocol:
+    "The recipe for training the fresh evaluation networks: model, epochs, SGD settings, schedule, augmentation, runs."
     model: str = 'ConvNet'
     epochs: int = 300
     lr: float | None = 0.01          # None: use the distilled set's learned step size
@@ -42,6 +44,7 @@ class EvalProtocol:
     runs: int = 3
     width: int = 128                 # ConvNet width (the smoke tests use narrow networks)
     def validate(self):
+        "Check every field (a `DDError` naming the first bad one); returns `self`."
         check_choice('model', self.model, MODELS); check_choice('augment', self.augment, AUGMENTS)
         check_choice('schedule', self.schedule, SCHEDULES)
         check_range('epochs', self.epochs, 1, None, int); check_range('runs', self.runs, 1, None, int)
@@ -49,14 +52,15 @@ class EvalProtocol:
         if self.lr is not None: check_range('lr', self.lr, 0, None, (int, float))
         return self
 
+# %% ../nbs/04_evaluate.ipynb #cell-009
 PROTOCOLS = {
     'mtt': EvalProtocol(epochs=1000, lr=None, runs=5),
-    'p-quick': EvalProtocol(epochs=300, lr=None, runs=3),
+    'quick': EvalProtocol(epochs=300, lr=None, runs=3),
     'selmatch': EvalProtocol(model='ResNet18', epochs=1000, lr=0.1, batch_size=128, schedule='cosine', augment='combined', runs=5),
     'smoke': EvalProtocol(epochs=10, lr=0.01, runs=2, width=16),
 }
 
-def protocol(name: str = 'p-quick', **overrides) -> EvalProtocol:
+def protocol(name: str = 'quick', **overrides) -> EvalProtocol:
     "A named protocol with fields overridden."
     check_choice('protocol', name, PROTOCOLS)
     known = [f.name for f in fields(EvalProtocol)]
@@ -64,7 +68,7 @@ def protocol(name: str = 'p-quick', **overrides) -> EvalProtocol:
     if unknown: raise DDError(f"unknown evaluation option(s) {', '.join(map(repr, unknown))}; EvalProtocol has: {', '.join(known)}.")
     return replace(PROTOCOLS[name], **overrides).validate()
 
-# %% ../nbs/04_evaluate.ipynb #cell-008
+# %% ../nbs/04_evaluate.ipynb #cell-014
 def lr_at(p: EvalProtocol, lr: float, epoch: int) -> float:
     "Learning rate of epoch `epoch` (0-based)."
     if p.schedule == 'step': return lr * (0.1 if epoch >= p.epochs // 2 else 1.0)
@@ -76,8 +80,9 @@ def soft_cross_entropy(logits, target):
     if target.dtype in (torch.int64, torch.int32): return F.cross_entropy(logits, target)
     return -(target.softmax(-1) * logits.log_softmax(-1)).sum(-1).mean()
 
-# %% ../nbs/04_evaluate.ipynb #cell-011
+# %% ../nbs/04_evaluate.ipynb #cell-018
 def augment_batch(x, how: str, dsa: DSA, gen: torch.Generator, is_real=None):
+    "Augment one training batch as the protocol says: DSA, crop+flip, 'combined' (crop+flip on the real images of `is_real`, DSA on the rest) or none."
     if how == 'none': return x
     if how == 'dsa': return dsa(x)
     if how == 'crop_flip': return crop_flip(x, gen)
@@ -87,15 +92,25 @@ def augment_batch(x, how: str, dsa: DSA, gen: torch.Generator, is_real=None):
     if real.any(): out[real] = crop_flip(x[real], gen)
     return out
 
-# %% ../nbs/04_evaluate.ipynb #cell-013
+# %% ../nbs/04_evaluate.ipynb #cell-022
 @torch.no_grad()
+def _correct(model_fn, images, labels, chunk: int = 500) -> torch.Tensor:
+    "Bool vector: is each image classified correctly by `model_fn(x) -> logits`?"
+    return torch.cat([(model_fn(images[i:i + chunk]).argmax(-1) == labels[i:i + chunk].to(images.device)).cpu()
+                      for i in range(0, len(images), chunk)])
+
+def _run_accuracies(correct: torch.Tensor, stacked: bool) -> list:
+    "Accuracy of each run from its row of `correct` (runs × images): correct count / images."
+    n = correct.shape[1]
+    if n == 0: return [float('nan')] * len(correct)
+    if stacked: return (correct.sum(1).float() / n).tolist()   # stacked runs have always reported float32 accuracies
+    return [int(c) / n for c in correct.sum(1)]
+
 def accuracy(model_fn, images, labels, chunk: int = 500) -> float:
     "Top-1 accuracy of `model_fn(x) -> logits` on a labelled set."
-    correct = 0
-    for i in range(0, len(images), chunk):
-        correct += (model_fn(images[i:i + chunk]).argmax(-1) == labels[i:i + chunk].to(images.device)).sum().item()
-    return correct / len(images)
+    return _run_accuracies(_correct(model_fn, images, labels, chunk)[None], stacked=False)[0]
 
+# %% ../nbs/04_evaluate.ipynb #cell-026
 def _run_streams(seed: int, run: int):
     g = torch.Generator().manual_seed(seed * 1000 + run)
     return g, DSA(seed=seed * 1000 + run + 1)
@@ -122,19 +137,24 @@ def train_module(images, labels, data: RealData, p: EvalProtocol, lr: float, see
         if on_epoch is not None: on_epoch(model, epoch + 1)
     return model.eval()
 
-# %% ../nbs/04_evaluate.ipynb #cell-015
+# %% ../nbs/04_evaluate.ipynb #cell-030
 def _has_batch_norm(model): return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
-def train_stacked(images, labels, data: RealData, p: EvalProtocol, lr: float, seed: int = 0, runs=(0,),
-                  is_real=None, device='cpu', progress=None):
-    "Train len(runs) networks jointly with vmap; returns (module, stacked params dict)."
+def _stack_models(data: RealData, p: EvalProtocol, seed: int, runs, device):
+    "(module, {parameter name: tensor runs × shape}) of the runs' freshly initialised networks."
     models = []
     for r in runs:
         torch.manual_seed(seed * 1000 + r); models.append(model_for(data, p.model, width=p.width))
     base = models[0].to(device)
     if _has_batch_norm(base): raise DDError(f"model={p.model!r} has batch norm; use train_module (batched=False).")
     names = [n for n, _ in base.named_parameters()]
-    params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).to(device) for n in names}
+    return base, {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).to(device) for n in names}
+
+# %% ../nbs/04_evaluate.ipynb #cell-034
+def train_stacked(images, labels, data: RealData, p: EvalProtocol, lr: float, *, seed: int = 0, runs=(0,),
+                  is_real=None, device='cpu', progress=None):
+    "Train len(runs) networks jointly with vmap; returns (module, stacked params dict)."
+    base, params = _stack_models(data, p, seed, runs, device)
     bufs = {n: torch.zeros_like(t) for n, t in params.items()}
     streams = [_run_streams(seed, r) for r in runs]
     images, labels = images.to(device), labels.to(device)
@@ -151,33 +171,44 @@ def train_stacked(images, labels, data: RealData, p: EvalProtocol, lr: float, se
                 ys.append(labels[idx])
             grads = grad_fn(params, torch.stack(xs), torch.stack(ys))
             with torch.no_grad():
-                for n in names:
+                for n in params:
                     d = grads[n] + p.weight_decay * params[n]
                     bufs[n] = d if (epoch == 0 and i == 0) else bufs[n].mul_(p.momentum).add_(d)
                     params[n] = params[n] - cur * bufs[n]
         if progress is not None: progress.update(len(runs))
     return base, params
 
+# %% ../nbs/04_evaluate.ipynb #cell-036
+@torch.no_grad()
+def _stacked_correct(base, params, images, labels, chunk: int = 500) -> torch.Tensor:
+    "Bool matrix runs × images: is each image classified correctly by each of the stacked networks?"
+    fwd = vmap(lambda prm, x: functional_call(base, prm, (x,)), in_dims=(0, None))
+    return torch.cat([(fwd(params, images[i:i + chunk]).argmax(-1) == labels[i:i + chunk].to(images.device)).cpu()
+                      for i in range(0, len(images), chunk)], 1)
+
 def stacked_accuracy(base, params, images, labels, chunk: int = 500) -> list:
     "Test accuracy of each of the stacked networks."
-    k = len(next(iter(params.values())))
-    fwd = vmap(lambda prm, x: functional_call(base, prm, (x,)), in_dims=(0, None))
-    correct = torch.zeros(k)
-    with torch.no_grad():
-        for i in range(0, len(images), chunk):
-            correct += (fwd(params, images[i:i + chunk]).argmax(-1) == labels[i:i + chunk].to(images.device)).sum(1).cpu()
-    return (correct / len(images)).tolist()
+    return _run_accuracies(_stacked_correct(base, params, images, labels, chunk), stacked=True)
 
-# %% ../nbs/04_evaluate.ipynb #cell-019
+# %% ../nbs/04_evaluate.ipynb #cell-040
+def random_real_set(data: RealData, ipc: int, seed: int = 0):
+    "(images, labels, positions) of `ipc` random real training images per class."
+    idx = data.sample_per_class(ipc, torch.Generator().manual_seed(seed))
+    return data.train.images[idx].clone(), data.train.labels[idx].clone(), idx
+
+# %% ../nbs/04_evaluate.ipynb #cell-044
 @dataclass
 class EvalResult:
+    "The outcome of `evaluate_set`: per-run test accuracies, their mean and std, wall seconds, and the protocol used."
     accs: list
     mean: float
     std: float
     seconds: float
     protocol: dict
     def __repr__(self): return f"{100 * self.mean:.2f} ± {100 * self.std:.2f} % over {len(self.accs)} runs ({self.seconds:.1f} s)"
-    def to_dict(self): return asdict(self)
+    def to_dict(self):
+        "The result as a JSON-ready dict."
+        return asdict(self)
 
 def check_set_matches(images, labels, data: RealData):
     "A clear error when a set's image shape or class count does not fit the evaluation dataset."
@@ -189,36 +220,63 @@ def check_set_matches(images, labels, data: RealData):
         raise DDError(f"the image set has labels for {k} classes but dataset {data.name!r} has {data.num_classes}.")
     if len(images) != len(labels): raise DDError(f"{len(images)} images but {len(labels)} labels.")
 
-def evaluate_set(images, labels, data: RealData, p: EvalProtocol | str = 'p-quick', set_lr: float | None = None,
-                 seed: int = 0, is_real=None, batched: bool | None = None, device='cpu', progress: bool = True, **overrides) -> EvalResult:
-    "Train `p.runs` fresh networks on (images, labels) and test them on `data.test`."
-    p = protocol(p, **overrides) if isinstance(p, str) else replace(p, **overrides).validate()
+# %% ../nbs/04_evaluate.ipynb #cell-048
+def _resolve_protocol(p: EvalProtocol | str, overrides: dict) -> EvalProtocol:
+    return protocol(p, **overrides) if isinstance(p, str) else replace(p, **overrides).validate()
+
+def _summary(accs) -> dict:
+    a = np.asarray(accs, dtype=float)
+    return {'accs': [float(v) for v in a], 'mean': float(a.mean()), 'std': float(a.std())}
+
+def _train_and_test(images, labels, data: RealData, p: EvalProtocol, *, set_lr, seed, is_real, batched, device, progress):
+    "Train `p.runs` fresh networks on the set and test them: (runs × test-images bool matrix, trained stacked?)."
     images, labels = images.detach().float(), labels.detach()
     check_set_matches(images, labels, data)
     lr = p.lr if p.lr is not None else set_lr
     if lr is None: raise DDError("the protocol has lr=None (use the learned step size) but no set_lr was given.")
-    t0 = time.perf_counter()
-    bar = tqdm(total=p.epochs * p.runs, desc=f'evaluate {p.model} ×{p.runs}', disable=not progress, leave=False)
-    test_x, test_y = data.test.images.to(device), data.test.labels.to(device)
-    probe = model_for(data, p.model, width=p.width)
     if batched is None: batched = str(device).startswith('cuda')     # vmap pays off on a GPU; on a CPU it measured 2–4× slower
-    if batched and not _has_batch_norm(probe):
-        base, prm = train_stacked(images, labels, data, p, lr, seed, tuple(range(p.runs)), is_real, device, bar)
-        accs = stacked_accuracy(base, prm, test_x, test_y)
-    else:
-        accs = [accuracy(train_module(images, labels, data, p, lr, seed, r, is_real, device, bar), test_x, test_y)
-                for r in range(p.runs)]
-    bar.close()
-    a = np.asarray(accs)
-    return EvalResult([float(v) for v in a], float(a.mean()), float(a.std()), time.perf_counter() - t0, asdict(p))
+    stacked = batched and not _has_batch_norm(model_for(data, p.model, width=p.width))
+    test_x, test_y = data.test.images.to(device), data.test.labels.to(device)
+    with tqdm(total=p.epochs * p.runs, desc=f'evaluate {p.model} ×{p.runs}', disable=not progress, leave=False) as bar:
+        if stacked:
+            base, prm = train_stacked(images, labels, data, p, lr, seed=seed, runs=tuple(range(p.runs)), is_real=is_real,
+                                      device=device, progress=bar)
+            return _stacked_correct(base, prm, test_x, test_y), True
+        nets = (train_module(images, labels, data, p, lr, seed=seed, run=r, is_real=is_real, device=device, progress=bar)
+                for r in range(p.runs))
+        return torch.stack([_correct(net, test_x, test_y) for net in nets]), False
 
-# %% ../nbs/04_evaluate.ipynb #cell-021
-def random_real_set(data: RealData, ipc: int, seed: int = 0):
-    "(images, labels, positions) of `ipc` random real training images per class."
-    idx = data.sample_per_class(ipc, torch.Generator().manual_seed(seed))
-    return data.train.images[idx].clone(), data.train.labels[idx].clone(), idx
+# %% ../nbs/04_evaluate.ipynb #cell-052
+def evaluate_set(images, labels, data: RealData, p: EvalProtocol | str = 'quick', *, set_lr: float | None = None,
+                 seed: int = 0, is_real=None, batched: bool | None = None, device='cpu', progress: bool = True, **overrides) -> EvalResult:
+    "Train `p.runs` fresh networks on (images, labels) and test them on `data.test`."
+    p = _resolve_protocol(p, overrides)
+    t0 = time.perf_counter()
+    correct, stacked = _train_and_test(images, labels, data, p, set_lr=set_lr, seed=seed, is_real=is_real, batched=batched,
+                                       device=device, progress=progress)
+    s = _summary(_run_accuracies(correct, stacked))
+    return EvalResult(s['accs'], s['mean'], s['std'], time.perf_counter() - t0, asdict(p))
 
-# %% ../nbs/04_evaluate.ipynb #cell-024
+# %% ../nbs/04_evaluate.ipynb #cell-057
+def _group_mask(name, mask, n: int) -> torch.Tensor:
+    m = torch.as_tensor(mask, dtype=torch.bool)
+    if m.shape != (n,): raise DDError(f"group {name!r} is a mask of shape {tuple(m.shape)} but the test set has {n} images.")
+    return m
+
+def evaluate_groups(images, labels, data: RealData, p: EvalProtocol | str, groups: dict | None = None, *, set_lr: float | None = None,
+                    seed: int = 0, is_real=None, batched: bool = False, device='cpu') -> dict:
+    "Train `p.runs` fresh networks (as `evaluate_set`) and report test accuracy overall and on each group (bool mask over data.test)."
+    p = _resolve_protocol(p, {})
+    masks = {name: _group_mask(name, m, len(data.test)) for name, m in (groups or {}).items()}
+    t0 = time.perf_counter()
+    correct, stacked = _train_and_test(images, labels, data, p, set_lr=set_lr, seed=seed, is_real=is_real, batched=batched,
+                                       device=device, progress=False)
+    out = {**_summary(_run_accuracies(correct, stacked)), 'seconds': time.perf_counter() - t0, 'protocol': asdict(p), 'groups': {}}
+    for name, m in masks.items():
+        out['groups'][name] = {**_summary(_run_accuracies(correct[:, m], stacked)), 'size': int(m.sum())}
+    return out
+
+# %% ../nbs/04_evaluate.ipynb #cell-062
 def save_distilled(path, images, labels, lr: float, data: RealData, config: dict | None = None, extra: dict | None = None):
     "Write a distilled set atomically in the project's `.pt` format."
     obj = {'images': images.detach().float().cpu().contiguous(), 'labels': labels.detach().cpu().contiguous(),
@@ -228,6 +286,7 @@ def save_distilled(path, images, labels, lr: float, data: RealData, config: dict
     atomic_torch_save(path, obj)
     return Path(path)
 
+# %% ../nbs/04_evaluate.ipynb #cell-066
 def load_distilled(path, data: RealData | None = None) -> dict:
     "Read and validate a distilled set (weights-only load); with `data`, check it fits that dataset."
     d = safe_torch_load(path, 'distilled set')
@@ -243,8 +302,8 @@ def load_distilled(path, data: RealData | None = None) -> dict:
                           f"has zca={data.zca is not None}, mean={list(data.info.mean)}: load the dataset with the same normalisation.")
     return d
 
-# %% ../nbs/04_evaluate.ipynb #cell-027
-def plot_image_grid(images, labels, data: RealData, per_class: int | None = None, path=None, title: str = '', max_classes: int = 10):
+# %% ../nbs/04_evaluate.ipynb #cell-070
+def plot_image_grid(images, labels, data: RealData, *, per_class: int | None = None, path=None, title: str = '', max_classes: int = 10):
     "Grid of images, one row per class (hard labels, or the argmax of soft labels)."
     import matplotlib.pyplot as plt
     from dd_companion.core import atomic_savefig

@@ -20,13 +20,15 @@ __all__ = ['NORMS', 'MODELS', 'norm_layer', 'ConvNet', 'BasicBlock', 'ResNet18',
 NORMS = ['instance', 'batch', 'none']
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
+    "The normalisation layer of a network: instance (`GroupNorm(C, C)`), batch, or none (identity)."
     check_choice('norm', kind, NORMS)
     if kind == 'instance': return nn.GroupNorm(channels, channels, affine=True)
     if kind == 'batch': return nn.BatchNorm2d(channels)
     return nn.Identity()
 
-# %% ../nbs/02_models.ipynb #cell-007
+# %% ../nbs/02_models.ipynb #cell-009
 class ConvNet(nn.Module):
+    "The distillation papers' ConvNet: `depth` × [conv 3×3 → norm → ReLU → avg-pool 2×2], then a linear classifier."
     def __init__(self, channels=3, num_classes=10, image_size=32, width=128, depth=3, norm='instance'):
         super().__init__()
         if image_size % (2 ** depth): raise DDError(f"ConvNet depth={depth} needs image_size divisible by {2**depth}, got {image_size}.")
@@ -38,13 +40,15 @@ class ConvNet(nn.Module):
         self.feature_dim = width * (image_size // 2 ** depth) ** 2
         self.classifier = nn.Linear(self.feature_dim, num_classes)
     def forward(self, x, output: str = 'logits'):
+        "Logits, the penultimate features, or both (`output='logits' | 'features' | 'both'`)."
         f = self.features(x).flatten(1)
         if output == 'features': return f
         logits = self.classifier(f)
         return (logits, f) if output == 'both' else logits
 
-# %% ../nbs/02_models.ipynb #cell-010
+# %% ../nbs/02_models.ipynb #cell-013
 class BasicBlock(nn.Module):
+    "ResNet basic block: two 3×3 conv → norm layers plus a (projected when needed) shortcut."
     def __init__(self, cin, cout, stride, norm):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False); self.bn1 = norm_layer(norm, cout)
@@ -53,10 +57,13 @@ class BasicBlock(nn.Module):
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm_layer(norm, cout))
     def forward(self, x):
+        "relu(norm(conv(relu(norm(conv(x))))) + shortcut(x))."
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
+# %% ../nbs/02_models.ipynb #cell-017
 class ResNet18(nn.Module):
+    "ResNet-18 with the CIFAR stem (a 2×2 max-pool added at 64×64); batch norm by default."
     def __init__(self, channels=3, num_classes=10, image_size=32, norm='batch'):
         super().__init__()
         stem = [nn.Conv2d(channels, 64, 3, 1, 1, bias=False), norm_layer(norm, 64), nn.ReLU()]
@@ -70,8 +77,9 @@ class ResNet18(nn.Module):
         self.classifier = nn.Linear(512, num_classes)
     forward = ConvNet.forward
 
-# %% ../nbs/02_models.ipynb #cell-012
+# %% ../nbs/02_models.ipynb #cell-021
 class VGG11(nn.Module):
+    "VGG-11 (configuration A) with a norm layer after each conv and a global average pool; instance norm by default."
     cfg = [64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M']
     def __init__(self, channels=3, num_classes=10, image_size=32, norm='instance'):
         super().__init__()
@@ -84,7 +92,9 @@ class VGG11(nn.Module):
         self.classifier = nn.Linear(512, num_classes)
     forward = ConvNet.forward
 
+# %% ../nbs/02_models.ipynb #cell-025
 class AlexNet(nn.Module):
+    "A CIFAR-sized AlexNet: five convolutions with ReLU and max-pools, no normalisation, pooled to 4×4."
     def __init__(self, channels=3, num_classes=10, image_size=32):
         super().__init__()
         self.features = nn.Sequential(
@@ -98,10 +108,10 @@ class AlexNet(nn.Module):
         self.classifier = nn.Linear(self.feature_dim, num_classes)
     forward = ConvNet.forward
 
-# %% ../nbs/02_models.ipynb #cell-014
+# %% ../nbs/02_models.ipynb #cell-029
 MODELS = ['ConvNet', 'ConvNetBN', 'ConvNetD4', 'ResNet18', 'ResNet18IN', 'VGG11', 'AlexNet']
 
-def build_model(name: str = 'ConvNet', channels: int = 3, num_classes: int = 10, image_size: int = 32,
+def build_model(name: str = 'ConvNet', channels: int = 3, num_classes: int = 10, image_size: int = 32, *,
                 width: int = 128, depth: int | None = None, norm: str | None = None) -> nn.Module:
     "Build a registered network for images of `channels`×`image_size`² and `num_classes` classes."
     check_choice('model', name, MODELS)
@@ -118,7 +128,7 @@ def model_for(data, name: str = 'ConvNet', **kw) -> nn.Module:
     c, s, _ = data.image_shape
     return build_model(name, c, data.num_classes, s, **kw)
 
-# %% ../nbs/02_models.ipynb #cell-017
+# %% ../nbs/02_models.ipynb #cell-034
 class FlatModel:
     "Run `module` with its parameters taken from a flat vector."
     def __init__(self, module: nn.Module):
@@ -131,6 +141,7 @@ class FlatModel:
         "The module's current parameters as one detached float32 vector."
         return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()]).float()
     def unflatten(self, flat: torch.Tensor) -> dict:
+        "{parameter name: view of `flat` in that parameter's shape} (no copies, so gradients reach `flat`)."
         return {n: t.view(s) for n, t, s in zip(self.names, flat.split(self.numels), self.shapes)}
     def load(self, flat: torch.Tensor):
         "Copy a flat vector into the module's parameters."

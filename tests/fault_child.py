@@ -35,7 +35,7 @@ if mode == 'experts':
 
 elif mode == 'distill':
     out_dir, iterations, every, seed = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-    from dd_companion.matching import Distiller, distill_config
+    from dd_companion.methods import Distiller, distill_config
     step, save = Distiller.step, Distiller.save_checkpoint
 
     def traced_step(self):
@@ -52,7 +52,9 @@ elif mode == 'distill':
 
 elif mode == 'reproduce':
     from pathlib import Path
-    from dd_companion.reproduce import Entry, Registry, main
+    from dd_companion.papers import Entry
+    from dd_companion.report import Registry
+    from dd_companion.reproduce import main
     out, runs, slow = sys.argv[2:5]
     random_real = Path(__file__).resolve().parents[1] / 'nbs' / 'experiments' / 'random_real.ipynb'
     reg = Registry([Entry('random-real', 'project', 'table', 'random real', 'random_real', path=str(random_real)),

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dd_companion import buffers as B, data as D, matching as M
+from dd_companion import buffers as B, data as D, methods as M
 from dd_companion.core import DDError, experiment_out
 from conftest import REPO, child_env, trained_files
 
@@ -76,7 +76,7 @@ CASES = [
     ('unwritable out_dir (experiment_out)', lambda c: experiment_out('x', str(_not_a_folder(c))), ['out_dir=', 'a_file', 'not writable']),
     ('unwritable out_dir (Distiller), before training', lambda c: _distiller(c, out=_not_a_folder(c)), ['a_file', 'out_dir']),
     ('unknown distill option', lambda c: _ds(ipcs=1), ["unknown option 'ipcs'", 'ipc', 'syn_steps']),
-    ('unknown preset', lambda c: M.distill_config('fast'), ["preset='fast'", "'p-quick'", "'smoke'"]),
+    ('unknown preset', lambda c: M.distill_config('fast'), ["scale='fast'", "'quick'", "'smoke'"]),
     ('unknown method', lambda c: M.distill_config('smoke', 'mttt'), ["method='mttt'", "'mtt'", "'datm'"]),
     ('negative lr_img', lambda c: _ds(lr_img=-1.0), ['lr_img=-1.0', 'allowed range [0, inf]']),
     ('negative lr_lr', lambda c: _ds(lr_lr=-1e-7), ['lr_lr=-1e-07', 'allowed range [0, inf]']),

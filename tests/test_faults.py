@@ -178,7 +178,7 @@ def disk_full(monkeypatch, match: str, how: str):
 
 @pytest.fixture(scope='module')
 def distiller(tmp_path_factory, smoke_buffer, smoke_data):
-    from dd_companion.matching import Distiller, distill_config
+    from dd_companion.methods import Distiller, distill_config
     d = Distiller(distill_config('smoke', iterations=50, checkpoint_every=0), data=smoke_data, buffer=smoke_buffer,
                   out_dir=tmp_path_factory.mktemp('distiller'), progress=False)
     d.step()
@@ -290,7 +290,7 @@ def test_distilled_set_with_a_pickled_object_is_refused(tmp_path, kind):
 
 
 def test_checkpoint_with_a_pickled_payload_is_refused(tmp_path, smoke_buffer, smoke_data):
-    from dd_companion.matching import Distiller, distill_config
+    from dd_companion.methods import Distiller, distill_config
     marker = tmp_path / 'executed'
     d = Distiller(distill_config('smoke'), data=smoke_data, buffer=smoke_buffer, out_dir=tmp_path / 'run', progress=False)
     hostile_pt(tmp_path / 'evil.pt', marker)
@@ -319,7 +319,7 @@ def test_expert_files_with_pickled_payloads_are_refused(buffer_copy, tmp_path):
 # --- 9. numerical faults --------------------------------------------------------------------------------------------
 def _run_until_fault(tmp_path, smoke_buffer, smoke_data, monkeypatch, poison=None, **overrides):
     "Run a smoke distillation that should stop with a NumericalFault; returns (distiller, fault, sha of each checkpoint)."
-    import dd_companion.matching as M
+    import dd_companion.methods as M
     cfg = M.distill_config('smoke', iterations=12, checkpoint_every=2, **overrides)
     d = M.Distiller(cfg, data=smoke_data, buffer=smoke_buffer, out_dir=tmp_path / 'run', progress=False)
     saved = {}
@@ -371,6 +371,6 @@ def test_negative_step_size_from_a_large_lr_lr(tmp_path, smoke_buffer, smoke_dat
     d, msg, saved = _run_until_fault(tmp_path, smoke_buffer, smoke_data, monkeypatch, lr_lr=2e-7)
     assert 'step size' in msg and 'non-positive' in msg, msg
     _assert_last_good_checkpoint(d, msg, saved)
-    from dd_companion.matching import Distiller
+    from dd_companion.methods import Distiller
     again = Distiller(d.cfg, data=smoke_data, buffer=smoke_buffer, out_dir=d.out_dir, progress=False)
     assert again.iteration == max(saved) and float(again.syn_lr) > 0       # the last good state can be resumed

@@ -12,7 +12,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dd_companion.reproduce import ENTRIES, Entry, Registry, main, notebook_parameters
+from dd_companion.papers import ENTRIES, NOTEBOOK_PRESETS, Entry
+from dd_companion.report import Registry, check_overrides, notebook_parameters
+from dd_companion.reproduce import main
 
 REPO = Path(__file__).resolve().parents[1]
 RANDOM_REAL = REPO / 'nbs' / 'experiments' / 'random_real.ipynb'
@@ -164,6 +166,23 @@ def test_parameter_errors_are_reported_before_any_run(dirs, capsys):
     assert rc == 2 and "no 'lite' preset for okay (defined: smoke, quick)" in err
 
 
+def test_default_registry_is_consistent():
+    """The papers' presets raise no problem, every notebook with presets exists under nbs/experiments, and every preset
+    passes the runner's parameter check against its notebook's parameters cell."""
+    reg = Registry.default()
+    assert reg.problems == []
+    assert set(reg.presets) == set(NOTEBOOK_PRESETS)
+    experiments = REPO / 'nbs' / 'experiments'
+    with_presets = [e for e in reg.entries if e.notebook in reg.presets]
+    assert {e.notebook for e in with_presets} == set(NOTEBOOK_PRESETS)
+    for e in with_presets:
+        assert (experiments / f'{e.notebook}.ipynb').exists(), e.notebook
+        assert reg.path(e) == experiments / f'{e.notebook}.ipynb'
+    for nb, per in reg.presets.items():
+        declared = notebook_parameters(experiments / f'{nb}.ipynb')
+        for preset in per: assert check_overrides(nb, declared, reg.overrides(nb, preset)) == [], (nb, preset)
+
+
 def test_declared_parameters_cover_what_papermill_misses():
     import papermill
     ours, theirs = notebook_parameters(RANDOM_REAL), papermill.inspect_notebook(str(RANDOM_REAL))
@@ -249,7 +268,9 @@ time.sleep(300)"""
 
 INTERRUPTIBLE = """import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal: a background launch inherits SIGINT ignored
-from dd_companion.reproduce import Entry, Registry, main
+from dd_companion.papers import Entry
+from dd_companion.report import Registry
+from dd_companion.reproduce import main
 reg = Registry([Entry('slow-T', 'project', 'table', 'slow', 'slow', path=sys.argv[1])], presets={'slow': {'quick': {}}})
 sys.exit(main(['reproduce', '--preset', 'quick', '--out', sys.argv[2], '--runs', sys.argv[3], '--no-progress'], registry=reg))"""
 

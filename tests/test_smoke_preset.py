@@ -8,7 +8,7 @@ from __future__ import annotations
 import json, os, subprocess, sys, time
 from pathlib import Path
 
-from dd_companion.reproduce import ENTRIES
+from dd_companion.papers import ENTRIES
 
 LIMIT_S = 600
 
