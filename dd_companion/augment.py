@@ -30,7 +30,7 @@ class DSAParams:
     rotate: float = 15.0
 
 # %% ../nbs/03_augment.ipynb #cell-009
-def draw_dsa(n: int, shape, generator=None, families=DSA_FAMILIES, p: DSAParams = DSAParams(), device='cpu') -> dict:
+def draw_dsa(n: int, shape, generator=None, *, families=DSA_FAMILIES, p: DSAParams = DSAParams(), device='cpu') -> dict:
     "Draw the random parameters of one DSA call for a batch of `n` images of `shape` (C, H, W)."
     _, h, w = shape
     g = generator
@@ -115,7 +115,7 @@ class DSA:
         self.last = None
     def draw(self, x) -> dict:
         "Draw the parameters of one DSA call for the batch `x` from this object's random stream."
-        return draw_dsa(len(x), x.shape[1:], self.generator, self.families, self.params, x.device)
+        return draw_dsa(len(x), x.shape[1:], self.generator, families=self.families, p=self.params, device=x.device)
     def __call__(self, x, params: dict | None = None):
         self.last = params if params is not None else self.draw(x)
         return apply_dsa(x, self.last)

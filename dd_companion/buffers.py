@@ -113,8 +113,6 @@ def new_expert_state(cfg: ExpertConfig, data: RealData, i: int, device='cpu') ->
             'dsa': DSA(seed=_expert_seed(cfg, i) + 1).state_dict(),
             'snapshots': [fm.flat_parameters().cpu()], 'train_acc': [], 'test_acc': [], 'correct': [], 'seconds': 0.0}
 
-_new_state = new_expert_state          # its former private name, still imported by `performance`
-
 # %% ../nbs/05_buffers.ipynb #cell-025
 def _restore(cfg: ExpertConfig, data: RealData, state: dict, device):
     "(model, optimiser, shuffling generator, DSA) of an expert, as they were in `state`."
@@ -250,7 +248,7 @@ def _expert_file_offset(folder: Path, manifest: dict, i: int, num_params: int) -
 # %% ../nbs/05_buffers.ipynb #cell-047
 class ExpertBuffer:
     "Lazy access to a folder of expert trajectories."
-    def __init__(self, folder, num_experts: int | None = None, epochs: int | None = None, expected: dict | None = None):
+    def __init__(self, folder, *, num_experts: int | None = None, epochs: int | None = None, expected: dict | None = None):
         self.folder = Path(folder)
         man = _manifest(self.folder)
         if not man: raise DDError(f"{self.folder} holds no expert buffer (no manifest.json); build it with build_experts().")
@@ -349,7 +347,7 @@ def build_experts(cfg: ExpertConfig | str = 'quick', *, data: RealData | None = 
         done = {int(k): v for k, v in _manifest(folder).get('experts', {}).items()}
         todo = [i for i in range(cfg.num_experts) if done.get(i, {}).get('epochs', 0) < cfg.epochs]
         if todo: _train_experts(cfg, folder, todo, done, data, device, compile, progress)
-    return ExpertBuffer(folder, cfg.num_experts, cfg.epochs)
+    return ExpertBuffer(folder, num_experts=cfg.num_experts, epochs=cfg.epochs)
 
 # %% ../nbs/05_buffers.ipynb #cell-075
 def expert_curves(buf: ExpertBuffer) -> dict:

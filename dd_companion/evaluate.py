@@ -115,7 +115,7 @@ def _run_streams(seed: int, run: int):
     g = torch.Generator().manual_seed(seed * 1000 + run)
     return g, DSA(seed=seed * 1000 + run + 1)
 
-def train_module(images, labels, data: RealData, p: EvalProtocol, lr: float, seed: int = 0, run: int = 0,
+def train_module(images, labels, data: RealData, p: EvalProtocol, lr: float, *, seed: int = 0, run: int = 0,
                  is_real=None, device='cpu', progress=None, on_epoch=None):
     "Train one fresh `p.model` on (images, labels) with SGD; returns the trained module (in eval mode)."
     torch.manual_seed(seed * 1000 + run)
@@ -277,7 +277,7 @@ def evaluate_groups(images, labels, data: RealData, p: EvalProtocol | str, group
     return out
 
 # %% ../nbs/04_evaluate.ipynb #cell-062
-def save_distilled(path, images, labels, lr: float, data: RealData, config: dict | None = None, extra: dict | None = None):
+def save_distilled(path, images, labels, lr: float, data: RealData, *, config: dict | None = None, extra: dict | None = None):
     "Write a distilled set atomically in the project's `.pt` format."
     obj = {'images': images.detach().float().cpu().contiguous(), 'labels': labels.detach().cpu().contiguous(),
            'lr': float(lr), 'mean': list(data.info.mean), 'std': list(data.info.std), 'zca': data.zca is not None,

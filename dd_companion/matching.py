@@ -306,7 +306,7 @@ def evaluate(self: Distiller, **overrides):
 def export(self: Distiller, path=None):
     "Save the distilled set (images, labels, step size, configuration) as a weights-only file."
     path = Path(path or self.out_dir / 'distilled.pt')
-    return save_distilled(path, self.images, self.labels, self.syn_lr.detach().item(), self.data, asdict(self.cfg),
+    return save_distilled(path, self.images, self.labels, self.syn_lr.detach().item(), self.data, config=asdict(self.cfg),
                           extra={'hard_labels': self.hard_labels, 'iteration': self.iteration,
                                  'is_real': self.comps.is_real if self.comps.is_real is not None else torch.zeros(0, dtype=torch.bool)})
 

@@ -253,9 +253,9 @@ def compare_evaluation(images, labels, data: RealData, p, set_lr: float | None =
 
 def expert_epoch_times(data: RealData, width: int = 128, epochs: int = 2, compile: bool = False, seed: int = 0) -> dict:
     "Seconds of each of `epochs` expert-training epochs (quick expert recipe) and images per second."
-    from dd_companion.buffers import expert_config, train_expert_epochs, _new_state
+    from dd_companion.buffers import expert_config, train_expert_epochs, new_expert_state
     cfg = expert_config('quick', width=width, seed=seed)
-    state = _new_state(cfg, data, 0, 'cpu')
+    state = new_expert_state(cfg, data, 0, 'cpu')
     stamps = [time.perf_counter()]
     train_expert_epochs(cfg, data, state, epochs, compile=compile, on_epoch=lambda st: stamps.append(time.perf_counter()))
     secs = list(np.diff(stamps))

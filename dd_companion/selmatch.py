@@ -282,7 +282,7 @@ def train_with_grad_norms(images, labels, data: RealData, p: EvalProtocol, parts
         with torch.no_grad():
             for k, v in model.named_buffers(): v.copy_(saved[k])
         model.zero_grad(set_to_none=True)
-    model = train_module(images, labels, data, p, lr, seed, run, is_real, device, on_epoch=probe)
+    model = train_module(images, labels, data, p, lr, seed=seed, run=run, is_real=is_real, device=device, on_epoch=probe)
     return model, curves
 
 def grad_norm_curves(history: list) -> dict:

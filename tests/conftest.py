@@ -69,7 +69,7 @@ def smoke_buffer(dd_dirs):
     rebuilds can be compared with it bit for bit."""
     from dd_companion.buffers import ExpertBuffer, expert_config
     run_child('experts', dd_dirs['buffers'], 2, 3)
-    return ExpertBuffer(Path(dd_dirs['buffers']) / expert_config('smoke').key, 2, 3)
+    return ExpertBuffer(Path(dd_dirs['buffers']) / expert_config('smoke').key, num_experts=2, epochs=3)
 
 
 @pytest.fixture(scope='session')

@@ -191,7 +191,7 @@ def _save_checkpoint(d, _, tmp_path):
 
 def _save_distilled(d, k, tmp_path):
     from dd_companion.evaluate import save_distilled
-    return save_distilled(tmp_path / 'set.pt', d.images + k, d.labels, 0.01 * (k + 1), d.data, {'k': k})
+    return save_distilled(tmp_path / 'set.pt', d.images + k, d.labels, 0.01 * (k + 1), d.data, config={'k': k})
 
 
 def _save_results(d, k, tmp_path): return save_results(tmp_path, 'exp', {'ipc': 1}, {'acc': [0.1 * k] * 50})
@@ -242,7 +242,7 @@ def test_disk_full_while_writing_an_expert_file_keeps_the_buffer(how, buffer_cop
     assert e.value.errno == errno.ENOSPC
     assert sha(victim) == before
     assert tmp_files(buffer_copy) == [], tmp_files(buffer_copy)
-    ExpertBuffer(buffer_copy, 2, 3).verify()
+    ExpertBuffer(buffer_copy, num_experts=2, epochs=3).verify()
     more = build_experts('smoke', root=buffer_copy.parent, epochs=4, progress=False).verify()
     assert more.epochs == 4
     assert np.array_equal(np.asarray(more.trajectory(0))[:4], old)           # the old epochs are kept
@@ -327,13 +327,14 @@ def _run_until_fault(tmp_path, smoke_buffer, smoke_data, monkeypatch, poison=Non
     def save(self): orig_save(self); saved[self.iteration] = sha(self.ckpt_path)
     monkeypatch.setattr(M.Distiller, 'save_checkpoint', save)
     if poison is not None:
-        orig, calls = M.META_GRADIENTS[cfg.meta_grad], [0]
+        orig, calls = d.parts.engines[cfg.meta_grad], [0]
         def poisoned(*a, **k):
             r = orig(*a, **k); calls[0] += 1
             if calls[0] == 6: poison(r)                      # the 6th iteration (iteration 5) goes wrong
             return r
-        monkeypatch.setitem(M.META_GRADIENTS, cfg.meta_grad, poisoned)
-    with pytest.raises(M.NumericalFault) as e: d.run(evaluate=False)
+        monkeypatch.setitem(d.parts.engines, cfg.meta_grad, poisoned)
+    from dd_companion.matching import NumericalFault
+    with pytest.raises(NumericalFault) as e: d.run(evaluate=False)
     return d, str(e.value), saved
 
 

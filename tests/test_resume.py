@@ -56,7 +56,7 @@ def assert_same_experts(folder: Path, reference):
     "The resumed buffer is complete, passes its checksums and equals the uninterrupted build bit for bit."
     from dd_companion.buffers import ExpertBuffer
     n, e = len(reference), reference.epochs
-    buf = ExpertBuffer(folder, n, e).verify()
+    buf = ExpertBuffer(folder, num_experts=n, epochs=e).verify()
     for i in range(n):
         a, b = np.asarray(buf.trajectory(i)), np.asarray(reference.trajectory(i))
         assert a.shape == b.shape == (e + 1, buf.num_params)
@@ -72,7 +72,7 @@ def expert_reference(tmp_path_factory):
     from dd_companion.buffers import ExpertBuffer
     root = tmp_path_factory.mktemp('expert_reference')
     run_child('experts', root, EXPERTS, EPOCHS)
-    return ExpertBuffer(root / smoke_key(), EXPERTS, EPOCHS)
+    return ExpertBuffer(root / smoke_key(), num_experts=EXPERTS, epochs=EPOCHS)
 
 
 # --- 1. expert training -------------------------------------------------------------------------------------------
