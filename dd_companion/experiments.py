@@ -17,7 +17,7 @@ from .data import RealData, Split, load_dataset
 from .evaluate import EvalProtocol, evaluate_set, evaluate_groups, protocol as eval_protocol, random_real_set
 from .buffers import build_experts
 from .config import DistillConfig
-from .selmatch import (sliding_window, sample_difficulty, selmatch_protocol, quick_eval_epochs, ratio_alpha_beta,
+from .selmatch import (sliding_window, sample_difficulty, selmatch_protocol, quick_eval_epochs, ratio_alpha_beta, subset_ratio,
                                    PAPER_ALPHA_BETA, paper_config as selmatch_paper_config)
 from .methods import METHODS, Distiller, distill_config, method_label, validate
 
@@ -26,7 +26,8 @@ __all__ = ['SET_METHODS', 'QUICK_DISTILL_PARAMS', 'load_data', 'dataset_for', 'e
            'validation_split', 'run_folder', 'distill_cached', 'seconds_per_iteration', 'evaluate_models',
            'distill_and_evaluate', 'random_real_record', 'cost_ratios', 'summarise', 'table_rows_of', 'run_methods',
            'accuracy_bars', 'cost_benchmark', 'SynSet', 'make_set', 'evaluate_synset', 'table_distill',
-           'notebook_distill', 'table_experts', 'table_alpha_beta', 'table_protocol', 'distill_root']
+           'notebook_distill', 'table_experts', 'table_alpha_beta', 'table_protocol', 'distill_root', 'TableSetting',
+           'table_setting']
 
 # %% ../nbs/14_experiments.ipynb #cell-005
 @lru_cache(maxsize=8)
@@ -298,3 +299,24 @@ def distill_root(distill_dir: str, out):
     "Folder of a notebook's distillations: '' = <out>/distill, 'shared' = runs/distill, else the given path."
     if distill_dir == 'shared': return runs_dir() / 'distill'
     return Path(distill_dir) if distill_dir else Path(out) / 'distill'
+
+# %% ../nbs/14_experiments.ipynb #cell-040
+@dataclass
+class TableSetting:
+    "What a SelMatch notebook needs for one dataset and IPC."
+    data: RealData
+    ipc: int
+    ratio: float
+    alpha: float
+    beta: float
+    distill: dict
+    buffer: object = None
+
+def table_setting(params: dict, dataset: str, ipc: int, alpha: float = -1.0, beta: float = -1.0, *, with_experts: bool = True) -> TableSetting:
+    "Data, subset ratio, α/β (negative: the table's value), distillation options and experts of a SelMatch notebook."
+    data = load_data(dataset, params.get('train_per_class'), params.get('test_per_class'))
+    ratio = subset_ratio(data, ipc)
+    a0, b0 = table_alpha_beta(dataset, ipc, ratio)
+    distill = notebook_distill(params, dataset, ipc)
+    return TableSetting(data, ipc, ratio, alpha if alpha >= 0 else a0, beta if beta >= 0 else b0, distill,
+                        table_experts(distill, data) if with_experts else None)
