@@ -13,7 +13,8 @@ from .augment import apply_dsa, draw_dsa
 from .evaluate import soft_cross_entropy
 
 # %% auto #0
-__all__ = ['InnerLoss', 'OuterTerm', 'StepPlan', 'meta_gradient_unrolled', 'outer_adjoint', 'meta_gradient_checkpointed']
+__all__ = ['InnerLoss', 'OuterTerm', 'StepPlan', 'meta_gradient_unrolled', 'outer_adjoint', 'meta_gradient_checkpointed',
+           'tiny_problem']
 
 # %% ../nbs/06_metagrad.ipynb #cell-006
 class InnerLoss:
@@ -99,3 +100,19 @@ def meta_gradient_checkpointed(fm, theta_start, target, images, labels, syn_lr, 
         if soft and d[2] is not None: g_y.index_add_(0, st.idx, -eta * d[2])
         lam = lam - eta * d[0]
     return {'tm': tm.detach(), 'extras': [e.detach() for e in extras], 'g_images': g_x, 'g_lr': g_lr.reshape(syn_lr.shape), 'g_labels': g_y}
+
+# %% ../nbs/06_metagrad.ipynb #cell-014
+def tiny_problem(seed: int = 0, soft: bool = True, dtype=torch.float64, families=('color', 'scale', 'crop')) -> tuple:
+    """A trajectory-matching problem small enough for exactness checks: (fm, θ_start, target, images, labels, η, plan) —
+    a width-4 ConvNet on six 8×8 images of 3 classes, 3 inner steps of 4 images with DSA."""
+    from dd_companion.models import ConvNet
+    torch.manual_seed(seed)
+    fm = FlatModel(ConvNet(3, 3, 8, width=4, depth=2).to(dtype))
+    th0 = fm.flat_parameters().to(dtype)
+    target = th0 + 0.05 * torch.randn_like(th0)
+    X = torch.randn(6, 3, 8, 8, dtype=dtype, requires_grad=True)
+    Y = (torch.randn(6, 3, dtype=dtype) if soft else torch.arange(6) % 3).requires_grad_(soft)
+    eta = torch.tensor(0.05, dtype=dtype, requires_grad=True)
+    g = torch.Generator().manual_seed(seed)
+    plan = [StepPlan(torch.randperm(6, generator=g)[:4], [draw_dsa(4, (3, 8, 8), g, families=list(families))]) for _ in range(3)]
+    return fm, th0, target, X, Y, eta, plan
