@@ -89,7 +89,7 @@ def distill_cached(cfg: DistillConfig, *, data: RealData | None = None, variant:
         d.run(evaluate=False)
     return d
 
-# %% ../nbs/14_experiments.ipynb #cell-016
+# %% ../nbs/14_experiments.ipynb #cell-017
 def seconds_per_iteration(history: list) -> float:
     "Median seconds per outer iteration from a `Distiller.history`, without the first (warm-up) iteration."
     secs = [h['seconds'] for h in history]
@@ -105,7 +105,7 @@ def evaluate_models(images, labels, lr, data, cfg: DistillConfig, models, is_rea
                               progress=progress).to_dict()
     return out
 
-# %% ../nbs/14_experiments.ipynb #cell-018
+# %% ../nbs/14_experiments.ipynb #cell-019
 def distill_and_evaluate(cfg: DistillConfig, method: str, *, models=('ConvNet',), data: RealData | None = None, variant: str = '',
                          resume: bool = True, root=None, progress: bool = False) -> tuple:
     "Distil `cfg` (a method named `method`), evaluate on `models`; returns (record, distiller)."
@@ -132,7 +132,7 @@ def random_real_record(cfg: DistillConfig, *, models=('ConvNet',), data: RealDat
     return {'method': 'random', 'dataset': cfg.dataset, 'ipc': cfg.ipc, 'seed': cfg.seed, 'sec_per_it': None,
             'eval': evaluate_models(x, y, 0.01, data, cfg, models, None, progress)}
 
-# %% ../nbs/14_experiments.ipynb #cell-021
+# %% ../nbs/14_experiments.ipynb #cell-022
 def cost_ratios(records: list, baseline: str = 'datm') -> dict:
     "{(dataset, ipc, method): mean seconds/iteration ÷ the baseline's} from records with 'sec_per_it'."
     by = {}
@@ -144,7 +144,7 @@ def cost_ratios(records: list, baseline: str = 'datm') -> dict:
         out[(ds, ipc, m)] = float(np.mean(v) / np.mean(base)) if base else None
     return out
 
-# %% ../nbs/14_experiments.ipynb #cell-023
+# %% ../nbs/14_experiments.ipynb #cell-024
 def summarise(records: list, *, model: str = 'ConvNet', baseline: str = 'datm', label=method_label) -> list:
     "Rows (one per dataset, IPC, method, in first-seen order) for `model`'s accuracy and the cost ratio."
     ratios, groups = cost_ratios(records, baseline), {}
@@ -170,7 +170,7 @@ def table_rows_of(records: list, models=None) -> list:
     return [{'method': meth, 'dataset': ds, 'ipc': ipc, 'model': m, 'accs': [a for accs in runs for a in accs], 'seeds': len(runs)}
             for (ds, ipc, meth, m), runs in groups.items()]
 
-# %% ../nbs/14_experiments.ipynb #cell-026
+# %% ../nbs/14_experiments.ipynb #cell-027
 def run_methods(scale: str, methods, *, datasets=('cifar10-mini',), ipcs=(1,), seeds=(0,), seeds_per_ipc: dict | None = None,
                 eval_runs: int = 0, eval_epochs: int = 0, iterations: int = 0, device: str = 'cpu', models=('ConvNet',),
                 resume: bool = True, report=print, **overrides) -> tuple:
@@ -203,7 +203,7 @@ def accuracy_bars(ax, records: list, keys, *, field: str = 'method', labels=None
     ax.set(title=title, ylabel='test accuracy (%)')
     return ax
 
-# %% ../nbs/14_experiments.ipynb #cell-029
+# %% ../nbs/14_experiments.ipynb #cell-031
 def cost_benchmark(methods=('datm', 'datm+fusion', 'datm+update', 'datm-clr'), *, scale: str = 'smoke', iterations: int = 5,
                    baseline: str = 'datm', ipc: int = 1, seed: int = 0, **overrides) -> dict:
     "Median seconds per outer iteration of `methods`, measured interleaved, and their ratio to `baseline`."
@@ -220,7 +220,7 @@ def cost_benchmark(methods=('datm', 'datm+fusion', 'datm+update', 'datm-clr'), *
     return {'scale': scale, 'ipc': ipc, 'iterations': iterations, 'sec_per_it': sec,
             'ratio': {m: sec[m] / sec[baseline] for m in methods}, 'torch_threads': torch.get_num_threads()}
 
-# %% ../nbs/14_experiments.ipynb #cell-032
+# %% ../nbs/14_experiments.ipynb #cell-034
 SET_METHODS = ['random', 'window', 'mtt', 'selmatch']
 
 @dataclass
@@ -245,7 +245,7 @@ def _selection_set(method, data, ipc, beta, beta_mode, score, seed, buffer) -> S
         pos = w.positions; x, y = data.train.images[pos].clone(), data.train.labels[pos].clone()
     return SynSet(method, x, y, torch.ones(len(y), dtype=torch.bool), positions=pos, initial=x)
 
-# %% ../nbs/14_experiments.ipynb #cell-034
+# %% ../nbs/14_experiments.ipynb #cell-036
 def make_set(method: str, data: RealData, ipc: int, *, distill: dict | None = None, alpha: float = 0.2, beta: float = 0.3,
              beta_mode: str = 'fraction', score: str = 'cscore', seed: int = 0, buffer=None, root=None, resume: bool = True,
              progress: bool = False, callbacks=()) -> SynSet:
@@ -265,7 +265,7 @@ def evaluate_synset(s: SynSet, data: RealData, p: EvalProtocol, groups: dict | N
     "`evaluate.evaluate_groups` of a SynSet (its `is_real` mark and learned step size), protocol fields overridable."
     return evaluate_groups(s.images, s.labels, data, replace(p, **overrides).validate(), groups, set_lr=s.syn_lr, seed=seed, is_real=s.is_real)
 
-# %% ../nbs/14_experiments.ipynb #cell-036
+# %% ../nbs/14_experiments.ipynb #cell-038
 QUICK_DISTILL_PARAMS = ('train_per_class', 'test_per_class', 'experts', 'iterations', 'syn_steps', 'batch_syn', 'expert_epochs',
                         'max_start_epoch', 'lr_img', 'lr_lr', 'lr_teacher')
 
@@ -283,7 +283,7 @@ def table_experts(distill: dict, data: RealData, progress: bool = False):
     "The expert buffer the MTT and SelMatch rows of `distill` match."
     return build_experts(distill_config('quick', 'selmatch', **distill).expert_cfg(), data=data, progress=progress)
 
-# %% ../nbs/14_experiments.ipynb #cell-038
+# %% ../nbs/14_experiments.ipynb #cell-040
 def table_alpha_beta(dataset: str, ipc: int, ratio: float, alphas=(), betas=(), index: int = 0) -> tuple:
     "(α, β): explicit per-IPC lists win; else the published (dataset, IPC) values; else CIFAR-10's for the nearest ratio."
     a, b = PAPER_ALPHA_BETA.get((dataset, ipc)) or ratio_alpha_beta(ratio, 'cifar10')
@@ -300,7 +300,7 @@ def distill_root(distill_dir: str, out):
     if distill_dir == 'shared': return runs_dir() / 'distill'
     return Path(distill_dir) if distill_dir else Path(out) / 'distill'
 
-# %% ../nbs/14_experiments.ipynb #cell-040
+# %% ../nbs/14_experiments.ipynb #cell-042
 @dataclass
 class TableSetting:
     "What a SelMatch notebook needs for one dataset and IPC."
