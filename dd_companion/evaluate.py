@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .core import DDError, check_choice, check_range, atomic_torch_save, safe_torch_load, set_seed
 from .data import RealData, load_dataset
-from .models import build_model, model_for, MODELS
+from .models import build_model, model_for, has_batch_norm, MODELS
 from .augment import DSA, crop_flip
 
 # %% auto #0
@@ -138,15 +138,13 @@ def train_module(images, labels, data: RealData, p: EvalProtocol, lr: float, *, 
     return model.eval()
 
 # %% ../nbs/04_evaluate.ipynb #cell-030
-def _has_batch_norm(model): return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
 def _stack_models(data: RealData, p: EvalProtocol, seed: int, runs, device):
     "(module, {parameter name: tensor runs × shape}) of the runs' freshly initialised networks."
     models = []
     for r in runs:
         torch.manual_seed(seed * 1000 + r); models.append(model_for(data, p.model, width=p.width))
     base = models[0].to(device)
-    if _has_batch_norm(base): raise DDError(f"model={p.model!r} has batch norm; use train_module (batched=False).")
+    if has_batch_norm(base): raise DDError(f"model={p.model!r} has batch norm; use train_module (batched=False).")
     names = [n for n, _ in base.named_parameters()]
     return base, {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).to(device) for n in names}
 
@@ -235,7 +233,7 @@ def _train_and_test(images, labels, data: RealData, p: EvalProtocol, *, set_lr, 
     lr = p.lr if p.lr is not None else set_lr
     if lr is None: raise DDError("the protocol has lr=None (use the learned step size) but no set_lr was given.")
     if batched is None: batched = str(device).startswith('cuda')     # vmap pays off on a GPU; on a CPU it measured 2–4× slower
-    stacked = batched and not _has_batch_norm(model_for(data, p.model, width=p.width))
+    stacked = batched and not has_batch_norm(model_for(data, p.model, width=p.width))
     test_x, test_y = data.test.images.to(device), data.test.labels.to(device)
     with tqdm(total=p.epochs * p.runs, desc=f'evaluate {p.model} ×{p.runs}', disable=not progress, leave=False) as bar:
         if stacked:

@@ -14,7 +14,7 @@ from .core import DDError, check_choice
 
 # %% auto #0
 __all__ = ['NORMS', 'MODELS', 'norm_layer', 'ConvNet', 'BasicBlock', 'ResNet18', 'VGG11', 'AlexNet', 'build_model', 'model_for',
-           'FlatModel']
+           'has_batch_norm', 'FlatModel']
 
 # %% ../nbs/02_models.ipynb #cell-005
 NORMS = ['instance', 'batch', 'none']
@@ -129,6 +129,11 @@ def model_for(data, name: str = 'ConvNet', **kw) -> nn.Module:
     return build_model(name, c, data.num_classes, s, **kw)
 
 # %% ../nbs/02_models.ipynb #cell-034
+def has_batch_norm(module: nn.Module) -> bool:
+    "Whether `module` contains a batch-norm layer (of any dimension)."
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+# %% ../nbs/02_models.ipynb #cell-037
 class FlatModel:
     "Run `module` with its parameters taken from a flat vector."
     def __init__(self, module: nn.Module):

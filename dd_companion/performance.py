@@ -17,7 +17,7 @@ from torch.utils.flop_counter import flop_registry
 
 from .core import DDError, check_range, peak_rss_mb, Timer, environment_info
 from .data import RealData, load_dataset
-from .models import ConvNet, FlatModel, model_for
+from .models import ConvNet, FlatModel, model_for, has_batch_norm
 from .augment import apply_dsa, draw_dsa
 from .evaluate import soft_cross_entropy, evaluate_set, protocol as eval_protocol
 from .metagrad import InnerLoss, StepPlan, outer_adjoint, meta_gradient_checkpointed, meta_gradient_unrolled
@@ -101,13 +101,10 @@ def _call(kernels, fallback, fm, i, *args):
 # %% ../nbs/12_performance.ipynb #cell-014
 FAST_CHUNK = 10
 
-def _uses_batch_norm(fm: FlatModel) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fm.module.modules())
-
 def meta_gradient_fast(fm, theta_start, target, images, labels, syn_lr, plan, inner, outer_terms, outer_draws,
                        chunk: int | None = FAST_CHUNK, compiled: bool = False):
     "Same result as `meta_gradient_checkpointed`, computed in micro-batches of `chunk` images (optionally compiled)."
-    if type(inner) is not InnerLoss or _uses_batch_norm(fm):
+    if type(inner) is not InnerLoss or has_batch_norm(fm.module):
         return meta_gradient_checkpointed(fm, theta_start, target, images, labels, syn_lr, plan, inner, outer_terms, outer_draws)
     kernels, fallback = _kernels(fm, compiled)
     soft = labels.is_floating_point()

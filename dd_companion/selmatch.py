@@ -13,7 +13,7 @@ import torch
 
 from .core import DDError, check_choice, check_range
 from .data import RealData, difficulty_scores, DATASETS, paper_dataset
-from .models import FlatModel, model_for
+from .models import FlatModel, model_for, has_batch_norm
 from .evaluate import EvalProtocol, protocol, train_module, soft_cross_entropy, evaluate_groups
 from .config import LoopParts, Method, DistillConfig
 
@@ -170,10 +170,7 @@ def selmatch_protocol(scale: str = 'quick', ratio: float = 0.1, **overrides) -> 
     name = base.pop('name')
     return protocol(name, **{**base, **overrides})
 
-# %% ../nbs/11_selmatch.ipynb #cell-037
-def _has_bn(module) -> bool: return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
-
-# %% ../nbs/11_selmatch.ipynb #cell-040
+# %% ../nbs/11_selmatch.ipynb #cell-039
 class FeatureSpace:
     "Penultimate embedding (and logits) of an expert snapshot: the final one of the first expert by default."
     def __init__(self, buffer, data: RealData, expert: int | None = None, epoch: int | None = None, device='cpu', chunk: int = 500,
@@ -185,7 +182,7 @@ class FeatureSpace:
         self.epoch = buffer.epochs if epoch is None else epoch
         self.theta = buffer.snapshot(self.expert, self.epoch).to(device)
         self.fm.load(self.theta)
-        if _has_bn(self.net):       # running statistics from (the first `calibration` of a fixed shuffle of) the training images
+        if has_batch_norm(self.net):       # running statistics from (the first `calibration` of a fixed shuffle of) the training images
             order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:calibration]
             self._calibrate(data.train.images[order])
         self.net.eval()
@@ -206,7 +203,7 @@ class FeatureSpace:
         return self._run(images.detach(), 'logits')
     __call__ = features
 
-# %% ../nbs/11_selmatch.ipynb #cell-042
+# %% ../nbs/11_selmatch.ipynb #cell-041
 def nearest_distance(queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool = False, chunk: int = 1024,
                      query_labels=None, ref_labels=None) -> torch.Tensor:
     "Euclidean distance from every query to its nearest reference (optionally of the same label; optionally not itself)."
@@ -236,7 +233,7 @@ def coverage(test_features, syn_features, radius: float, groups: dict | None = N
     for name, m in (groups or {}).items(): out[name] = float(hit[torch.as_tensor(m, dtype=torch.bool)].float().mean())
     return out
 
-# %% ../nbs/11_selmatch.ipynb #cell-046
+# %% ../nbs/11_selmatch.ipynb #cell-045
 @torch.no_grad()
 def test_set_difficulty(buffer, data: RealData, experts=None, every: int = 1, device='cpu', calibration: int | None = 2000) -> dict:
     "Per test sample: 'learning_speed' difficulty (1 − fraction of expert snapshots right) and 'margin' difficulty (−mean final margin)."
@@ -263,7 +260,7 @@ def difficulty_groups(difficulty, tiebreak=None, hard_fraction: float = 0.5) -> 
     hard = torch.zeros(len(d), dtype=torch.bool); hard[torch.from_numpy(order[len(d) - n_hard:].copy())] = True
     return {'easy': ~hard, 'hard': hard}
 
-# %% ../nbs/11_selmatch.ipynb #cell-049
+# %% ../nbs/11_selmatch.ipynb #cell-048
 def _grad_norm(model, x, y) -> float:
     model.zero_grad(set_to_none=True)
     soft_cross_entropy(model(x), y).backward()
@@ -291,7 +288,7 @@ def grad_norm_curves(history: list) -> dict:
     return {'iteration': [h['iteration'] for h in rows], 'distill': [h['grad_norm_updated'] for h in rows],
             'select': [h['grad_norm_frozen'] for h in rows]}
 
-# %% ../nbs/11_selmatch.ipynb #cell-052
+# %% ../nbs/11_selmatch.ipynb #cell-051
 class CoverageTracker:
     "Distiller callback recording the coverage of the current synthetic set every `every` iterations."
     def __init__(self, space: FeatureSpace, test_features, radius: float, groups: dict | None = None, every: int = 10):
@@ -308,7 +305,7 @@ class CoverageTracker:
         if done % self.every == 0 or done == distiller.cfg.iterations:
             record['coverage'] = self.observe(distiller.images, done)['all']
 
-# %% ../nbs/11_selmatch.ipynb #cell-055
+# %% ../nbs/11_selmatch.ipynb #cell-054
 def tsne_2d(*feature_sets, seed: int = 0, perplexity: float = 30.0) -> list:
     "Joint 2-d t-SNE of several feature matrices; returns one N_i × 2 array per input."
     from sklearn.manifold import TSNE
@@ -334,7 +331,7 @@ def plot_tsne(ax, real_2d, real_labels, syn_2d, syn_labels, syn_frozen=None, cla
     ax.set_xticks([]); ax.set_yticks([]); ax.set_title(title, fontsize=9)
     return ax
 
-# %% ../nbs/11_selmatch.ipynb #cell-058
+# %% ../nbs/11_selmatch.ipynb #cell-057
 PAPER_ALPHA_BETA = {('cifar10', 250): (0.6, 0.5), ('cifar10', 500): (0.2, 0.3), ('cifar10', 1000): (0.1, 0.2), ('cifar10', 1500): (0.1, 0.2),
                     ('cifar100', 25): (0.8, 0.8), ('cifar100', 50): (0.6, 0.7), ('cifar100', 100): (0.3, 0.6), ('cifar100', 150): (0.2, 0.4),
                     ('tinyimagenet', 50): (0.6, 0.8), ('tinyimagenet', 100): (0.5, 0.7)}
@@ -357,7 +354,7 @@ def paper_ipc_at(dataset: str, ratio: float) -> int | None:
     if ds not in PAPER_IPCS: return None
     return min(PAPER_IPCS[ds], key=lambda ipc: abs(paper_ratio(ds, ipc) - ratio))
 
-# %% ../nbs/11_selmatch.ipynb #cell-060
+# %% ../nbs/11_selmatch.ipynb #cell-059
 def paper_config(method: str, dataset: str, ipc: int) -> dict:
     "SelMatch's published hyperparameters at (dataset, ipc) — or the same for the MTT baseline — as options of the loop."
     check_choice('method', method, ['selmatch', 'mtt'])
