@@ -113,8 +113,7 @@ def check_contrastive_options(cfg: DistillConfig):
     check_range('con_tau', cfg.con_tau, 1e-6, None)
 
 def contrastive_components(cfg, data, buffer, fm, images, labels, extras, comps):
-    "Component builder: Contrastive Update (`con_update`=μ > 0) and Contrastive Fusion (`con_fusion`=λ > 0)."
-    check_contrastive_options(cfg)
+    "Component builder (options already checked by `validate`): Contrastive Update (`con_update`=μ > 0) and Fusion (`con_fusion`=λ > 0)."
     if cfg.con_update == 0 and cfg.con_fusion == 0: return
     head = ProjectionHead(fm.module.feature_dim, cfg.con_head, cfg.seed) if cfg.con_head else None
     if cfg.con_update > 0:

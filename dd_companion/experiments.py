@@ -19,7 +19,7 @@ from .buffers import build_experts
 from .config import DistillConfig
 from .selmatch import (sliding_window, sample_difficulty, selmatch_protocol, quick_eval_epochs, ratio_alpha_beta, subset_ratio,
                                    PAPER_ALPHA_BETA, paper_config as selmatch_paper_config)
-from .methods import METHODS, Distiller, distill_config, method_label, validate
+from .methods import METHODS, Distiller, distill_config, method_label
 
 # %% auto #0
 __all__ = ['SET_METHODS', 'QUICK_DISTILL_PARAMS', 'load_data', 'dataset_for', 'experts_for', 'experiment_config',
@@ -51,9 +51,9 @@ def experiment_config(scale: str, method: str, *, ipc: int = 1, seed: int = 0, d
     check_scale(scale); check_choice('method', method, METHODS)
     extra = dict(ipc=ipc, dataset=dataset, seed=seed, device=device, **({'iterations': iterations} if iterations else {}), **overrides)
     if scale == 'smoke' and 'threshold' not in overrides: extra['threshold'] = None
-    cfg = distill_config(scale, method, **extra)
-    ev = {**cfg.eval_overrides, **({'runs': eval_runs} if eval_runs else {}), **({'epochs': eval_epochs} if eval_epochs else {})}
-    return validate(replace(cfg, eval_overrides=ev))
+    extra['eval_overrides'] = {**overrides.get('eval_overrides', {}), **({'runs': eval_runs} if eval_runs else {}),
+                               **({'epochs': eval_epochs} if eval_epochs else {})}        # merged onto the scale's and method's
+    return distill_config(scale, method, **extra)
 
 # %% ../nbs/14_experiments.ipynb #cell-010
 def _subset(s: Split, idx: torch.Tensor) -> Split: return Split(s.images[idx], s.labels[idx], s.index[idx])
@@ -72,8 +72,9 @@ def run_folder(cfg: DistillConfig, variant: str = '', root=None) -> Path:
     return Path(root or runs_dir() / 'distill') / f"ipc{cfg.ipc}-seed{cfg.seed}{'-' + variant if variant else ''}-{cfg.key()}"
 
 def _check_own_data(cfg: DistillConfig, data: RealData, variant: str):
-    if variant or data is dataset_for(cfg): return
+    if variant: return
     own = dataset_for(cfg)
+    if data is own: return
     if data.name != own.name or not torch.equal(data.train.index, own.train.index) or not torch.equal(data.test.index, own.test.index):
         raise DDError("this data is not the configuration's own (e.g. a validation split): pass variant='...' so its runs are kept apart.")
 

@@ -117,15 +117,18 @@ def _check_buffer(cfg: DistillConfig, buffer: ExpertBuffer):
         raise DDError(f"model={cfg.model!r} but the expert buffer holds {buffer.config['model']!r} trajectories; "
                       f"trajectory matching needs the student to be the experts' architecture.")
 
+def _check_data(cfg: DistillConfig, data: RealData):
+    "The data can serve this configuration: every class has `ipc` training images."
+    counts = data.class_counts()
+    check_range('ipc', cfg.ipc, 1, min(counts), int, f' (the smallest class of {data.name} has {min(counts)} training images)')
+
 def validate(cfg: DistillConfig, data: RealData | None = None, buffer: ExpertBuffer | None = None, *,
              parts: LoopParts | None = None) -> DistillConfig:
     "Raise a one-paragraph `DDError` for any invalid option (given the loop's `parts`, MTT's by default); returns `cfg`."
     parts = parts or MTT_PARTS
     _check_values(cfg); _check_names(cfg, parts)
     for check in parts.checks: check(cfg)
-    if data is not None:
-        counts = data.class_counts()
-        check_range('ipc', cfg.ipc, 1, min(counts), int, f' (the smallest class of {data.name} has {min(counts)} training images)')
+    if data is not None: _check_data(cfg, data)
     if buffer is not None: _check_buffer(cfg, buffer)
     return cfg
 
@@ -151,17 +154,16 @@ class Distiller:
     def __init__(self, cfg: DistillConfig, *, data: RealData | None = None, buffer: ExpertBuffer | None = None,
                  out_dir=None, progress: bool = True, resume: bool = True, parts: LoopParts | None = None):
         self.parts = parts or MTT_PARTS
-        check = lambda **kw: validate(cfg, parts=self.parts, **kw)
-        check()
+        validate(cfg, parts=self.parts)                            # every option, before any work
         self.cfg, self.progress = cfg, progress
         self.out_dir = check_writable_dir(out_dir or runs_dir() / 'distill' / cfg.key(), 'out_dir')
         ecfg = cfg.expert_cfg()
-        if buffer is not None: check(buffer=buffer)                # before loading (and ZCA-fitting) the data
+        if buffer is not None: _check_buffer(cfg, buffer)          # before loading (and ZCA-fitting) the data
         elif cfg.max_start_epoch - 1 + cfg.expert_epochs > ecfg.epochs: raise _window_error(cfg, ecfg.epochs, f'experts={cfg.experts!r} has')
         self.data = data or load_dataset(cfg.dataset, zca=cfg.zca, train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class)
-        check(data=self.data)
+        _check_data(cfg, self.data)
         self.buffer = buffer or build_experts(ecfg, data=self.data, progress=progress)
-        check(data=self.data, buffer=self.buffer)
+        _check_buffer(cfg, self.buffer)
         remove_stale_tmp(self.out_dir, only_dead=False)            # one Distiller per out_dir: these are a killed run's
         self._build_student()
         self.ckpt_path = self.out_dir / 'checkpoint.pt'

@@ -5,11 +5,10 @@
 # %% ../nbs/13_methods.ipynb #cell-002
 from __future__ import annotations
 from .core import DDError, check_choice, check_scale
-import torch
 from . import matching
-from .config import DistillConfig, Method, MTT, merge_options
+from .config import DistillConfig, MTT, merge_options
 from .matching import MTT_PARTS, preset_config
-from . import datm, contrastive, selmatch
+from . import datm, selmatch
 from .datm import DATM, DATM_PARTS
 from .contrastive import DATM_CLR, DATM_FUSION, DATM_UPDATE, CONTRASTIVE_PARTS
 from .selmatch import SELMATCH, SELMATCH_PARTS
