@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import DDError, SCALES, check_choice, atomic_save_json, atomic_write_text, file_lock
-from .papers import Entry, ENTRIES, reported_rows
+from .papers import reported_rows
 from .report import (Registry, Task, plan, papermill_command, format_plan, results_json, default_out,
                                  default_runs, format_list, render_tables)
 
