@@ -22,6 +22,14 @@ min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 dev_requirements = (cfg.get('dev_requirements') or '').split()
 
+# Files that ship inside the package without a second copy in git: setuptools maps the repository's data/ (the
+# embedded CIFAR-10 mini images and the difficulty scores) to dd_companion/_data and nbs/experiments/ (the
+# experiment notebooks the runner executes) to dd_companion/_experiments. dd_companion.core.package_dir finds them
+# through importlib.resources when the package is used outside a checkout. MANIFEST.in puts them in the sdist.
+shipped_dirs = {'dd_companion._data': 'data', 'dd_companion._experiments': 'nbs/experiments'}
+shipped_files = {'dd_companion._data': ['README.md', 'cifar10-mini.npz'], 'dd_companion._data.scores': ['*.npz', '*.npy'],
+                 'dd_companion._experiments': ['*.ipynb']}
+
 setuptools.setup(
     name=cfg['lib_name'],
     license=lic[0],
@@ -31,7 +39,9 @@ setuptools.setup(
                 + ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]]
                 + (['License :: ' + lic[1]] if lic[1] else []),
     url=cfg['git_url'],
-    packages=setuptools.find_packages(include=['dd_companion', 'dd_companion.*']),
+    packages=setuptools.find_packages(include=['dd_companion', 'dd_companion.*']) + list(shipped_files),
+    package_dir=shipped_dirs,
+    package_data=shipped_files,
     include_package_data=True,
     install_requires=requirements,
     extras_require={'dev': dev_requirements, 'ray': ['ray']},

@@ -52,7 +52,11 @@ class DistillConfig:
     con_update: float = 0.0               # μ: inner loss ℓ + μ·L_con
     con_loss: str = 'supcon'              # supcon | ntxent
     con_tau: float = 0.1
+    con_base_tau: float | None = 0.07     # loss × τ/base_tau (SupCon reference convention); None: the plain loss (∝ 1/τ)
     con_head: int = 0                     # projection-head width (0 = none)
+    con_positives: str = 'class'          # class (each image's true class) | argmax (of its current soft label)
+    con_views: str = 'dsa'                # dsa (two DSA draws) | simclr (random resized crop + flip + colour jitter)
+    con_start: int = 0                    # iteration from which the contrastive terms are on (before: plain DATM)
     # SelMatch (selmatch module)
     sel_alpha: float = 1.0                # fraction of each class's window that is distilled (updated)
     sel_beta: float = 0.0                 # window start
@@ -66,15 +70,16 @@ class DistillConfig:
     eval_every: int = 0                   # 0: evaluate only at the end
     eval_protocol: str = 'quick'
     eval_overrides: dict = field(default_factory=dict)
-    max_lr_factor: float = 100.0          # η above max_lr_factor·lr_teacher counts as exploding
+    max_lr_factor: float = 1000.0         # η above max_lr_factor·lr_teacher counts as exploding
+    max_pixel_factor: float = 100.0       # pixels beyond max_pixel_factor × the real images' largest |value| count as diverged
     device: str = 'cpu'
 
 # %% ../nbs/07_config.ipynb #cell-007
-_NOT_IN_KEY = ('checkpoint_every', 'eval_every', 'device')
+_NOT_IN_KEY = ('checkpoint_every', 'eval_every', 'device', 'eval_protocol', 'eval_overrides', 'max_lr_factor', 'max_pixel_factor')
 
 @patch
 def key(self: DistillConfig) -> str:
-    "Stable hash of every option that shapes the result (not checkpoint_every, eval_every, device)."
+    "Stable hash of every option that shapes the distilled set (not checkpointing, device, guards, or how the set is evaluated)."
     d = asdict(self); [d.pop(k) for k in _NOT_IN_KEY]
     return config_hash(d)
 
@@ -90,10 +95,11 @@ OPTION_GROUPS = {
     'loop (MTT)': ['ipc', 'init', 'syn_steps', 'batch_syn', 'lr_teacher', 'dsa', 'expert_epochs', 'max_start_epoch',
                    'min_start_epoch', 'iterations', 'lr_img', 'lr_lr', 'momentum'],
     'DATM': ['label_mode', 'lr_y', 'start_sampler', 'current_max_start_epoch', 'expansion_end_epoch', 'threshold'],
-    'DATM-CLR': ['con_fusion', 'con_update', 'con_loss', 'con_tau', 'con_head'],
+    'DATM-CLR': ['con_fusion', 'con_update', 'con_loss', 'con_tau', 'con_base_tau', 'con_head', 'con_positives', 'con_views',
+                 'con_start'],
     'SelMatch': ['sel_alpha', 'sel_beta', 'sel_beta_mode', 'sel_score'],
     'engineering': ['model', 'meta_grad', 'seed', 'checkpoint_every', 'eval_every', 'eval_protocol', 'eval_overrides',
-                    'max_lr_factor', 'device'],
+                    'max_lr_factor', 'max_pixel_factor', 'device'],
 }
 
 # %% ../nbs/07_config.ipynb #cell-011
@@ -104,7 +110,7 @@ class LoopParts:
     label_modes: dict = field(default_factory=dict)    # name → f(images, hard labels, buffer, fm) → labels
     engines: dict = field(default_factory=dict)        # name → meta-gradient function (see `meta_gradient_unrolled`)
     checks: tuple = ()                                 # f(cfg) → None, raises DDError for an invalid option
-    builders: tuple = ()                               # f(cfg, data, buffer, fm, images, labels, extras, comps) → None
+    builders: tuple = ()                               # f(cfg, data, buffer, fm, images, classes, extras, comps) → None
 
     def __add__(self, other: 'LoopParts') -> 'LoopParts':
         "The parts of both; a name defined by both is an error."

@@ -6,6 +6,8 @@
 from __future__ import annotations
 import math
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,15 +22,24 @@ from .config import LoopParts, Method, DistillConfig
 from .matching import Components, Distiller, start_epoch_bounds
 
 # %% auto #0
-__all__ = ['CON_LOSSES', 'CON_DEFAULT_LOSS', 'CONTRASTIVE_PARTS', 'CLR_DEFAULTS', 'DATM_CLR', 'DATM_FUSION', 'DATM_UPDATE',
-           'STRATEGIES', 'supcon_loss', 'ntxent_loss', 'two_view_loss', 'two_views', 'ProjectionHead',
-           'normalised_features', 'class_of', 'ContrastiveUpdate', 'ContrastiveFusion', 'check_contrastive_options',
-           'contrastive_components', 'gradient_scales', 'strategy_structure']
+__all__ = ['CON_NORM_EPS', 'CON_LOSSES', 'CON_VIEWS', 'CON_POSITIVES', 'CON_DEFAULT_LOSS', 'CONTRASTIVE_PARTS', 'CLR_DEFAULTS',
+           'DATM_CLR', 'DATM_FUSION', 'DATM_UPDATE', 'STRATEGIES', 'unit_rows', 'supcon_loss', 'ntxent_loss',
+           'two_view_loss', 'SimCLRParams', 'draw_simclr', 'apply_simclr', 'augment_view', 'draw_views', 'two_views',
+           'ProjectionHead', 'argmax_class', 'ContrastiveTerm', 'ContrastiveUpdate', 'ContrastiveFusion',
+           'check_contrastive_options', 'contrastive_term', 'contrastive_components', 'gradient_scales',
+           'strategy_structure']
 
 # %% ../nbs/10_contrastive.ipynb #cell-006
-def supcon_loss(features: torch.Tensor, labels: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
-    "Supervised contrastive loss of `features` (M×D, normalised here) with integer `labels` (M), temperature `tau`."
-    z = F.normalize(features, dim=1)
+CON_NORM_EPS = 1e-3
+
+def unit_rows(f: torch.Tensor, eps: float = CON_NORM_EPS) -> torch.Tensor:
+    "Each row scaled to length ≈ 1, smoothly: f / sqrt(‖f‖² + eps²) — a zero row stays zero with a bounded gradient."
+    return f * torch.rsqrt((f * f).sum(1, keepdim=True) + eps * eps)
+
+def supcon_loss(features: torch.Tensor, labels: torch.Tensor, tau: float = 0.1, base_tau: float | None = None) -> torch.Tensor:
+    """Supervised contrastive loss of `features` (M×D, normalised here, once) with integer `labels` (M), temperature `tau`;
+    multiplied by tau/base_tau when `base_tau` is given (the scaled convention)."""
+    z = unit_rows(features)
     m = len(z)
     logits = z @ z.T / tau
     self_mask = torch.eye(m, dtype=torch.bool, device=z.device)
@@ -38,28 +49,80 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, tau: float = 0.1) 
     anchors = n_pos > 0
     if not anchors.any(): return (features * 0).sum()          # nothing to contrast: zero, still in the graph
     mean_positive = (logits * positives).sum(1)[anchors] / n_pos[anchors]
-    return (log_denominator[anchors] - mean_positive).mean()
+    loss = (log_denominator[anchors] - mean_positive).mean()
+    return loss * (tau / base_tau) if base_tau else loss
 
 # %% ../nbs/10_contrastive.ipynb #cell-012
 CON_LOSSES = ['supcon', 'ntxent']
 
-def ntxent_loss(view1: torch.Tensor, view2: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+def ntxent_loss(view1: torch.Tensor, view2: torch.Tensor, tau: float = 0.1, base_tau: float | None = None) -> torch.Tensor:
     "NT-Xent (SimCLR): the positive of each view is the other view of the same image."
     idx = torch.arange(len(view1), device=view1.device)
-    return supcon_loss(torch.cat([view1, view2]), torch.cat([idx, idx]), tau)
+    return supcon_loss(torch.cat([view1, view2]), torch.cat([idx, idx]), tau, base_tau)
 
-def two_view_loss(kind: str, view1: torch.Tensor, view2: torch.Tensor, classes: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+def two_view_loss(kind: str, view1: torch.Tensor, view2: torch.Tensor, classes: torch.Tensor | None, tau: float = 0.1,
+                  base_tau: float | None = None) -> torch.Tensor:
     "Contrastive loss between two views (N×D each) of the same N images of classes `classes`."
-    if kind == 'ntxent': return ntxent_loss(view1, view2, tau)
+    if kind == 'ntxent': return ntxent_loss(view1, view2, tau, base_tau)
     check_choice('con_loss', kind, CON_LOSSES)
-    return supcon_loss(torch.cat([view1, view2]), torch.cat([classes, classes]), tau)
+    return supcon_loss(torch.cat([view1, view2]), torch.cat([classes, classes]), tau, base_tau)
 
-# %% ../nbs/10_contrastive.ipynb #cell-020
+# %% ../nbs/10_contrastive.ipynb #cell-022
+CON_VIEWS = ['dsa', 'simclr']
+
+@dataclass(frozen=True)
+class SimCLRParams:
+    "Strength of the SimCLR-style views: crop area and aspect ranges, flip, colour-jitter strengths and probabilities."
+    area: tuple = (0.2, 1.0)          # fraction of the image the crop keeps (SimCLR's CIFAR setting; 0.08 on ImageNet)
+    aspect: tuple = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    jitter: float = 0.8               # probability of the colour jitter
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    gray: float = 0.2                 # probability of a grey image
+
+def draw_simclr(n: int, shape, generator=None, p: SimCLRParams = SimCLRParams(), device='cpu') -> dict:
+    "The random parameters of one SimCLR-style view of `n` images (each image its own crop, flip and jitter)."
+    r = lambda: torch.rand(n, generator=generator)
+    area = p.area[0] + r() * (p.area[1] - p.area[0])
+    aspect = torch.exp(math.log(p.aspect[0]) + r() * (math.log(p.aspect[1]) - math.log(p.aspect[0])))
+    sw, sh = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)     # crop size (fraction of the side)
+    cx, cy = (2 * r() - 1) * (1 - sw), (2 * r() - 1) * (1 - sh)                            # crop centre, inside the image
+    on = r() < p.jitter
+    d = {'sw': sw, 'sh': sh, 'cx': cx, 'cy': cy, 'flip': torch.where(r() < p.flip, -1.0, 1.0),
+         'brightness': torch.where(on, (2 * r() - 1) * p.brightness, 0.0),
+         'contrast': torch.where(on, 1 + (2 * r() - 1) * p.contrast, 1.0),
+         'saturation': torch.where(on, 1 + (2 * r() - 1) * p.saturation, 1.0), 'gray': r() < p.gray}
+    return {'family': 'simclr', **{k: v.to(device) for k, v in d.items()}}
+
+def apply_simclr(x: torch.Tensor, d: dict) -> torch.Tensor:
+    "Apply a drawn SimCLR-style view to `x` (N×C×H×W, normalised pixels); differentiable with respect to `x`."
+    col = lambda k: d[k].to(x).view(-1, 1, 1, 1)
+    z = torch.zeros(len(x), dtype=x.dtype, device=x.device)
+    mats = torch.stack([torch.stack([d['sw'].to(x) * d['flip'].to(x), z, d['cx'].to(x)], 1),
+                        torch.stack([z, d['sh'].to(x), d['cy'].to(x)], 1)], 1)
+    v = F.grid_sample(x, F.affine_grid(mats, list(x.shape), align_corners=False), align_corners=False, padding_mode='border')
+    v = v + col('brightness')                                               # additive: the pixels are mean/std normalised
+    m = v.mean((1, 2, 3), keepdim=True); v = (v - m) * col('contrast') + m
+    g = v.mean(1, keepdim=True); v = (v - g) * col('saturation') + g
+    return torch.where(d['gray'].to(x.device).view(-1, 1, 1, 1), v.mean(1, keepdim=True).expand_as(v), v)
+
+def augment_view(x: torch.Tensor, d: dict) -> torch.Tensor:
+    "One drawn view of `x`: a SimCLR-style draw or a DSA draw."
+    return apply_simclr(x, d) if d['family'] == 'simclr' else apply_dsa(x, d)
+
+def draw_views(kind: str, n: int, shape, generator, device='cpu') -> list:
+    "Two view draws of the chosen kind (`con_views`)."
+    check_choice('con_views', kind, CON_VIEWS)
+    draw = draw_simclr if kind == 'simclr' else draw_dsa
+    return [draw(n, shape, generator, device=device) for _ in range(2)]
+
 def two_views(x: torch.Tensor, draws: list) -> torch.Tensor:
-    "Both views of `x`, stacked (2N×C×H×W): DSA with `draws[0]` and with `draws[1]` (x twice when no draws)."
+    "Both views of `x`, stacked (2N×C×H×W), from two draws (x twice when there are none: augmentation off)."
     if not draws: return torch.cat([x, x])
-    if len(draws) != 2: raise DDError(f"a contrastive term needs 2 DSA draws (one per view), got {len(draws)}.")
-    return torch.cat([apply_dsa(x, draws[0]), apply_dsa(x, draws[1])])
+    if len(draws) != 2: raise DDError(f"a contrastive term needs 2 view draws (one per view), got {len(draws)}.")
+    return torch.cat([augment_view(x, draws[0]), augment_view(x, draws[1])])
 
 class ProjectionHead:
     "A fixed random MLP f ↦ W2·relu(W1·f) (no learned parameters), seeded."
@@ -71,63 +134,101 @@ class ProjectionHead:
     def __call__(self, f: torch.Tensor) -> torch.Tensor:
         return F.relu(f @ self.w1.T.to(f)) @ self.w2.T.to(f)
 
-def normalised_features(features: torch.Tensor, head: ProjectionHead | None = None) -> torch.Tensor:
-    "Projected (optionally) and L2-normalised features."
-    return F.normalize(head(features) if head is not None else features, dim=1)
-
-def class_of(labels: torch.Tensor) -> torch.Tensor:
-    "The class of each image: the label itself, or the argmax of a soft label."
+def argmax_class(labels: torch.Tensor) -> torch.Tensor:
+    "The argmax of each (soft) label — the `con_positives='argmax'` variant's class (integer labels pass through)."
     return labels.argmax(-1) if labels.is_floating_point() else labels
 
-# %% ../nbs/10_contrastive.ipynb #cell-024
-class ContrastiveUpdate(InnerLoss):
-    "Inner loss CE(view 1) + μ·L_con(view 1, view 2) — DATM-CLR's Contrastive Update."
-    num_draws = 2
-    def __init__(self, mu: float, kind: str = 'supcon', tau: float = 0.1, head: ProjectionHead | None = None):
-        self.mu, self.kind, self.tau, self.head = mu, kind, tau, head
-    def __call__(self, fm: FlatModel, theta, x, y, draws: list):
-        n = len(x)
-        logits, feats = fm(theta, two_views(x, draws), output='both')
-        z = normalised_features(feats, self.head)
-        return soft_cross_entropy(logits[:n], y) + self.mu * two_view_loss(self.kind, z[:n], z[n:], class_of(y), self.tau)
+# %% ../nbs/10_contrastive.ipynb #cell-027
+CON_POSITIVES = ['class', 'argmax']
 
-# %% ../nbs/10_contrastive.ipynb #cell-026
+@dataclass
+class ContrastiveTerm:
+    "The contrastive loss both strategies use: loss kind, temperature (and its convention), views, head, positives."
+    kind: str = 'supcon'
+    tau: float = 0.1
+    base_tau: float | None = 0.07
+    views: str = 'dsa'
+    head: ProjectionHead | None = None
+    classes: torch.Tensor | None = None    # the true class of every synthetic image (positives='class')
+    positives: str = 'class'
+
+    def draw(self, n: int, shape, generator, device='cpu') -> list: return draw_views(self.views, n, shape, generator, device)
+
+    def classes_for(self, labels: torch.Tensor, idx=None) -> torch.Tensor | None:
+        "The class of each image of a batch (`idx`: its positions in the synthetic set; None = the whole set)."
+        if self.kind == 'ntxent': return None                        # label-free
+        if self.positives == 'argmax': return argmax_class(labels.detach())
+        if self.classes is None: raise DDError("con_positives='class' needs the true class of every synthetic image (ContrastiveTerm.classes).")
+        c = self.classes.to(labels.device)
+        return c if idx is None else c[idx]
+
+    def __call__(self, features: torch.Tensor, classes) -> torch.Tensor:
+        "The loss of the stacked features of view 1 and view 2 (2N×D)."
+        f = self.head(features) if self.head is not None else features
+        n = len(f) // 2
+        return two_view_loss(self.kind, f[:n], f[n:], classes, self.tau, self.base_tau)
+
+class ContrastiveUpdate(InnerLoss):
+    "Inner loss CE(view 1) + μ·L_con(view 1, view 2) — DATM-CLR's Contrastive Update (SimCLR views: CE keeps a DSA view)."
+    def __init__(self, mu: float, term: ContrastiveTerm):
+        self.mu, self.term = mu, term
+        self.num_draws = 3 if term.views == 'simclr' else 2
+    def draw(self, n: int, shape, generator, device='cpu') -> list:
+        ce = [draw_dsa(n, shape, generator, device=device)] if self.term.views == 'simclr' else []
+        return ce + self.term.draw(n, shape, generator, device)
+    def __call__(self, fm: FlatModel, theta, x, y, draws: list, idx=None):
+        n, own_ce_view = len(x), len(draws) == 3
+        stacked = torch.cat([apply_dsa(x, draws[0]), two_views(x, draws[1:])]) if own_ce_view else two_views(x, draws)
+        logits, feats = fm(theta, stacked, output='both')
+        con = self.term(feats[n:] if own_ce_view else feats, self.term.classes_for(y, idx))
+        return soft_cross_entropy(logits[:n], y) + self.mu * con
+
+# %% ../nbs/10_contrastive.ipynb #cell-029
 class ContrastiveFusion(OuterTerm):
     "Outer term λ·L_con(view 1, view 2) of the synthetic set at the student's final parameters — Contrastive Fusion."
     num_draws = 2
     name = 'con_fusion'
-    def __init__(self, lam: float, kind: str = 'supcon', tau: float = 0.1, head: ProjectionHead | None = None):
-        self.weight, self.kind, self.tau, self.head = lam, kind, tau, head
+    def __init__(self, lam: float, term: ContrastiveTerm):
+        self.weight, self.term = lam, term
+    def draw(self, n: int, shape, generator, device='cpu') -> list: return self.term.draw(n, shape, generator, device)
     def __call__(self, fm: FlatModel, theta, images, labels, draws: list):
-        n = len(images)
-        z = normalised_features(fm(theta, two_views(images, draws), output='features'), self.head)
-        return two_view_loss(self.kind, z[:n], z[n:], class_of(labels), self.tau)
+        return self.term(fm(theta, two_views(images, draws), output='features'), self.term.classes_for(labels))
 
-# %% ../nbs/10_contrastive.ipynb #cell-030
+# %% ../nbs/10_contrastive.ipynb #cell-035
 CON_DEFAULT_LOSS = 'supcon'
 
 def check_contrastive_options(cfg: DistillConfig):
-    "DATM-CLR's options are valid: weights λ, μ ≥ 0, a known loss, a positive temperature, a head width ≥ 0."
+    "DATM-CLR's options are valid: weights λ, μ ≥ 0, a known loss, views and positives, a positive temperature, head ≥ 0."
     check_range('con_update', cfg.con_update, 0, None); check_range('con_fusion', cfg.con_fusion, 0, None)
     check_range('con_head', cfg.con_head, 0, None, int); check_choice('con_loss', cfg.con_loss, CON_LOSSES)
-    check_range('con_tau', cfg.con_tau, 1e-6, None)
+    check_range('con_tau', cfg.con_tau, 1e-6, None); check_range('con_start', cfg.con_start, 0, None, int)
+    if cfg.con_base_tau is not None: check_range('con_base_tau', cfg.con_base_tau, 1e-6, None, why=' (None: the plain loss)')
+    check_choice('con_views', cfg.con_views, CON_VIEWS); check_choice('con_positives', cfg.con_positives, CON_POSITIVES)
+    if cfg.con_views == 'simclr' and not cfg.dsa:
+        raise DDError("con_views='simclr' draws augmented views, but dsa=False switches the loop's augmentation off; set dsa=True.")
 
-def contrastive_components(cfg, data, buffer, fm, images, labels, extras, comps):
+def contrastive_term(cfg: DistillConfig, fm: FlatModel | None, classes: torch.Tensor | None) -> ContrastiveTerm:
+    "The contrastive loss a configuration asks for, with the true classes of the synthetic images."
+    head = ProjectionHead(fm.module.feature_dim, cfg.con_head, cfg.seed) if cfg.con_head else None
+    return ContrastiveTerm(cfg.con_loss, cfg.con_tau, cfg.con_base_tau, cfg.con_views, head, classes, cfg.con_positives)
+
+def contrastive_components(cfg, data, buffer, fm, images, classes, extras, comps):
     "Component builder (options already checked by `validate`): Contrastive Update (`con_update`=μ > 0) and Fusion (`con_fusion`=λ > 0)."
     if cfg.con_update == 0 and cfg.con_fusion == 0: return
-    head = ProjectionHead(fm.module.feature_dim, cfg.con_head, cfg.seed) if cfg.con_head else None
+    term = contrastive_term(cfg, fm, classes)
     if cfg.con_update > 0:
         if type(comps.inner) is not InnerLoss:
             raise DDError(f"con_update={cfg.con_update} needs the inner loss, but another option already replaced it "
                           f"({type(comps.inner).__name__}); switch one of them off.")
-        comps.inner = ContrastiveUpdate(cfg.con_update, cfg.con_loss, cfg.con_tau, head)
-    if cfg.con_fusion > 0:
-        comps.outer_terms.append(ContrastiveFusion(cfg.con_fusion, cfg.con_loss, cfg.con_tau, head))
+        comps.inner = ContrastiveUpdate(cfg.con_update, term)
+    if cfg.con_fusion > 0: comps.outer_terms.append(ContrastiveFusion(cfg.con_fusion, term))
+    comps.terms_from = cfg.con_start
 
 CONTRASTIVE_PARTS = LoopParts(checks=(check_contrastive_options,), builders=(contrastive_components,))
 
-# %% ../nbs/10_contrastive.ipynb #cell-032
-CLR_DEFAULTS = dict(con_fusion=0.3, con_update=0.1, con_loss='supcon', con_tau=0.1, con_head=0)
+# %% ../nbs/10_contrastive.ipynb #cell-037
+CLR_DEFAULTS = dict(con_fusion=0.3, con_update=0.1, con_loss='supcon', con_tau=0.1, con_base_tau=0.07, con_head=0,
+                    con_positives='class', con_views='dsa', con_start=0)
 DATM_CLR = Method('datm-clr', 'DATM-CLR', base='datm', options=dict(CLR_DEFAULTS),
                   about='DATM + Contrastive Fusion + Contrastive Update (Li, Sakai, Hasegawa 2025); λ, μ, τ are OPEN')
 DATM_FUSION = Method('datm+fusion', 'DATM + Fusion', base='datm', options={**CLR_DEFAULTS, 'con_update': 0.0},
@@ -136,7 +237,7 @@ DATM_UPDATE = Method('datm+update', 'DATM + Update', base='datm', options={**CLR
                      about='ablation: Contrastive Update only')
 STRATEGIES = {'tm': 'datm', 'fusion': 'datm+fusion', 'update': 'datm+update', 'both': 'datm-clr'}
 
-# %% ../nbs/10_contrastive.ipynb #cell-042
+# %% ../nbs/10_contrastive.ipynb #cell-047
 def gradient_scales(d: Distiller, seed: int = 0) -> dict:
     "Gradient norms at `d`'s current synthetic set: outer (pixels) of L_tm and of L_con; inner (parameters) of CE and of L_con."
     cfg, gen = d.cfg, torch.Generator().manual_seed(seed)
@@ -147,21 +248,20 @@ def gradient_scales(d: Distiller, seed: int = 0) -> dict:
     n, shape = len(x), tuple(x.shape[1:])
     bs = min(cfg.batch_syn or n, n)
     plan = [StepPlan(torch.randperm(n, generator=gen)[:bs], [draw_dsa(bs, shape, gen, device=x.device)]) for _ in range(cfg.syn_steps)]
-    views = [draw_dsa(n, shape, gen, device=x.device) for _ in range(2)]
+    views = draw_views(cfg.con_views, n, shape, gen, x.device)
     engine = meta_gradient_checkpointed
+    term = contrastive_term(cfg, d.fm, d.hard_labels)
     tm = engine(d.fm, th_start, th_target, x, y, d.syn_lr.detach(), plan, InnerLoss(), [], [])
-    both = engine(d.fm, th_start, th_target, x, y, d.syn_lr.detach(), plan, InnerLoss(),
-                  [ContrastiveFusion(1.0, cfg.con_loss, cfg.con_tau)], [views])
+    both = engine(d.fm, th_start, th_target, x, y, d.syn_lr.detach(), plan, InnerLoss(), [ContrastiveFusion(1.0, term)], [views])
     th = th_start.clone().requires_grad_(True)
     logits, feats = d.fm(th, two_views(x, views), output='both')
-    z = normalised_features(feats)
     g_ce, = torch.autograd.grad(soft_cross_entropy(logits[:n], y), th, retain_graph=True)
-    g_con, = torch.autograd.grad(two_view_loss(cfg.con_loss, z[:n], z[n:], class_of(y), cfg.con_tau), th)
+    g_con, = torch.autograd.grad(term(feats, term.classes_for(y)), th)
     return {'outer_tm_pixels': float(tm['g_images'].norm()), 'outer_con_pixels': float((both['g_images'] - tm['g_images']).norm()),
             'inner_ce_params': float(g_ce.norm()), 'inner_con_params': float(g_con.norm()),
             'loss_tm': float(tm['tm']), 'loss_con': float(both['extras'][0])}
 
-# %% ../nbs/10_contrastive.ipynb #cell-045
+# %% ../nbs/10_contrastive.ipynb #cell-050
 def strategy_structure(cfg: DistillConfig) -> dict:
     "The inner loss and outer terms that `cfg` gives the loop (from the component builder itself)."
     comps = Components()

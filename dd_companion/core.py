@@ -12,44 +12,91 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PACKAGE_ROOT', 'SCALES', 'PARAM_TYPES', 'project_root', 'data_dir', 'downloads_dir', 'buffers_dir', 'runs_dir',
-           'figures_dir', 'DDError', 'check_choice', 'check_range', 'check_scale', 'atomic_write', 'atomic_write_bytes',
-           'atomic_write_text', 'atomic_save_json', 'atomic_torch_save', 'atomic_savefig', 'remove_stale_tmp',
-           'check_writable_dir', 'safe_torch_load', 'sha256_file', 'config_hash', 'set_seed', 'peak_rss_mb', 'Timer',
-           'environment_info', 'default_device', 'file_lock', 'experiment_out', 'save_results', 'fmt_mean_std',
-           'save_table', 'base_type_name', 'type_matches', 'check_notebook_params']
+__all__ = ['APP_NAME', 'PACKAGE_ROOT', 'SCALES', 'PARAM_TYPES', 'is_checkout', 'checkout_root', 'project_root', 'package_dir',
+           'user_dirs', 'default_dirs', 'data_dir', 'downloads_dir', 'buffers_dir', 'runs_dir', 'figures_dir',
+           'notebooks_dir', 'DDError', 'check_choice', 'check_range', 'check_scale', 'atomic_write',
+           'atomic_write_bytes', 'atomic_write_text', 'atomic_save_json', 'atomic_torch_save', 'atomic_savefig',
+           'remove_stale_tmp', 'check_writable_dir', 'safe_torch_load', 'sha256_file', 'config_hash', 'set_seed',
+           'peak_rss_mb', 'Timer', 'environment_info', 'default_device', 'file_lock', 'experiment_out', 'save_results',
+           'fmt_mean_std', 'save_table', 'base_type_name', 'type_matches', 'check_notebook_params']
 
 # %% ../nbs/00_core.ipynb #cell-005
+APP_NAME = 'dd_companion'
 PACKAGE_ROOT = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd()
 
-def project_root() -> Path:
-    "The repository root: the folder holding `settings.ini` above the package (or `DD_COMPANION_ROOT`)."
+def is_checkout(folder) -> bool:
+    "Whether `folder` is a checkout of this project: a `settings.ini` with `lib_name = dd_companion` beside `data/`."
+    import configparser
+    folder = Path(folder)
+    if not ((folder / 'settings.ini').is_file() and (folder / 'data').is_dir()): return False
+    cp = configparser.ConfigParser(delimiters=['='], interpolation=None)
+    try: cp.read(folder / 'settings.ini', encoding='utf-8')
+    except (configparser.Error, UnicodeDecodeError, OSError): return False
+    return cp.get('DEFAULT', 'lib_name', fallback=None) == APP_NAME
+
+def checkout_root() -> Path | None:
+    "The checkout holding this package or the working folder (`DD_COMPANION_ROOT` names one); None outside any."
     if os.environ.get('DD_COMPANION_ROOT'): return Path(os.environ['DD_COMPANION_ROOT']).resolve()
     for p in [PACKAGE_ROOT, *PACKAGE_ROOT.parents, Path.cwd(), *Path.cwd().parents]:
-        if (p / 'settings.ini').exists() and (p / 'data').is_dir(): return p
-    return Path.cwd()
+        if is_checkout(p): return p
+    return None
+
+def project_root() -> Path:
+    "The checkout's root (see `checkout_root`), or the working folder when there is no checkout."
+    return checkout_root() or Path.cwd()
+
+# %% ../nbs/00_core.ipynb #cell-009
+def package_dir(name: str) -> Path:
+    "A folder of files shipped inside the installed package: `_data` (embedded data) or `_experiments` (notebooks)."
+    import importlib.resources
+    return Path(str(importlib.resources.files(APP_NAME) / name))
+
+def user_dirs() -> dict:
+    "This project's per-user folders: `cache` (rebuildable: buffers, downloads) and `data` (results: runs, figures)."
+    import platformdirs
+    return {'cache': platformdirs.user_cache_path(APP_NAME, appauthor=False),
+            'data': platformdirs.user_data_path(APP_NAME, appauthor=False)}
+
+def default_dirs(root=None) -> dict:
+    "Each folder's default: beside the code in the checkout `root`; shipped files and user folders when `root` is None."
+    if root is not None:
+        root = Path(root)
+        return {'data': root / 'data', 'downloads': root / 'data' / 'downloads', 'buffers': root / 'buffers',
+                'runs': root / 'runs', 'figures': root / 'figures', 'notebooks': root / 'nbs' / 'experiments'}
+    user = user_dirs()
+    return {'data': package_dir('_data'), 'downloads': user['cache'] / 'downloads', 'buffers': user['cache'] / 'buffers',
+            'runs': user['data'] / 'runs', 'figures': user['data'] / 'figures', 'notebooks': package_dir('_experiments')}
+
+# %% ../nbs/00_core.ipynb #cell-013
+def _where(kind: str, var: str) -> Path:
+    return Path(os.environ[var]) if os.environ.get(var) else default_dirs(checkout_root())[kind]
 
 def data_dir() -> Path:
     "Embedded data and score files (`DD_COMPANION_DATA` overrides)."
-    return Path(os.environ.get('DD_COMPANION_DATA', project_root() / 'data'))
+    return _where('data', 'DD_COMPANION_DATA')
 
 def downloads_dir() -> Path:
     "Where torchvision datasets are downloaded or expected (`DD_COMPANION_DOWNLOADS` overrides)."
-    return Path(os.environ.get('DD_COMPANION_DOWNLOADS', data_dir() / 'downloads'))
+    if not os.environ.get('DD_COMPANION_DOWNLOADS') and os.environ.get('DD_COMPANION_DATA'): return data_dir() / 'downloads'
+    return _where('downloads', 'DD_COMPANION_DOWNLOADS')
 
 def buffers_dir() -> Path:
     "The expert-buffer cache (`DD_COMPANION_BUFFERS` overrides)."
-    return Path(os.environ.get('DD_COMPANION_BUFFERS', project_root() / 'buffers'))
+    return _where('buffers', 'DD_COMPANION_BUFFERS')
 
 def runs_dir() -> Path:
     "Executed notebooks, checkpoints and results JSON (`DD_COMPANION_RUNS` overrides)."
-    return Path(os.environ.get('DD_COMPANION_RUNS', project_root() / 'runs'))
+    return _where('runs', 'DD_COMPANION_RUNS')
 
 def figures_dir() -> Path:
     "Regenerated tables and figures (`DD_COMPANION_FIGURES` overrides)."
-    return Path(os.environ.get('DD_COMPANION_FIGURES', project_root() / 'figures'))
+    return _where('figures', 'DD_COMPANION_FIGURES')
 
-# %% ../nbs/00_core.ipynb #cell-009
+def notebooks_dir() -> Path:
+    "The experiment notebooks that the runner executes (`DD_COMPANION_NOTEBOOKS` overrides)."
+    return _where('notebooks', 'DD_COMPANION_NOTEBOOKS')
+
+# %% ../nbs/00_core.ipynb #cell-017
 class DDError(ValueError):
     "A user-facing error: one paragraph naming what is wrong and what to do."
 
@@ -71,14 +118,14 @@ def check_range(name: str, value, lo=None, hi=None, kind=(int, float), why: str 
         raise DDError(f"{name}={value!r} is outside the allowed range {rng}{why}.")
     return value
 
-# %% ../nbs/00_core.ipynb #cell-013
+# %% ../nbs/00_core.ipynb #cell-021
 SCALES = ('smoke', 'lite', 'quick', 'paper')
 
 def check_scale(scale: str, allowed=SCALES) -> str:
     "Raise `DDError` unless `scale` is one of the project's scale words (or of `allowed`)."
     return check_choice('scale', scale, allowed)
 
-# %% ../nbs/00_core.ipynb #cell-017
+# %% ../nbs/00_core.ipynb #cell-025
 @contextlib.contextmanager
 def atomic_write(path, mode: str = 'wb'):
     "Context manager yielding a temporary file object that replaces `path` only if the block succeeds."
@@ -97,7 +144,7 @@ def atomic_write(path, mode: str = 'wb'):
 
 _UMASK = os.umask(0o022); os.umask(_UMASK)
 
-# %% ../nbs/00_core.ipynb #cell-021
+# %% ../nbs/00_core.ipynb #cell-029
 def atomic_write_bytes(path, data: bytes):
     "Write `data` to `path` atomically (through `atomic_write`)."
     with atomic_write(path, 'wb') as f: f.write(data)
@@ -127,7 +174,7 @@ def atomic_savefig(fig, path, **kwargs):
     path = Path(path)
     with atomic_write(path, 'wb') as f: fig.savefig(f, format=path.suffix.lstrip('.'), **{'dpi': 120, 'bbox_inches': 'tight', **kwargs})
 
-# %% ../nbs/00_core.ipynb #cell-025
+# %% ../nbs/00_core.ipynb #cell-033
 _TMP_NAME = re.compile(r'^\.(?P<target>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$')
 
 def _pid_alive(pid: int) -> bool:
@@ -158,7 +205,7 @@ def check_writable_dir(path, name: str = 'out_dir') -> Path:
         raise DDError(f"{name}={str(path)!r} is not writable ({e.strerror}); pass a writable folder as {name}.") from None
     return path
 
-# %% ../nbs/00_core.ipynb #cell-029
+# %% ../nbs/00_core.ipynb #cell-037
 def safe_torch_load(path, what: str = 'file'):
     "Load a `.pt` file with `weights_only=True`; any failure becomes a `DDError` naming the file."
     path = Path(path)
@@ -169,7 +216,7 @@ def safe_torch_load(path, what: str = 'file'):
         raise DDError(f"{what} {path} is truncated, corrupt or not a weights-only torch file "
                       f"({type(e).__name__}: {str(e)[:200]}). Delete it and rerun to regenerate it.") from e
 
-# %% ../nbs/00_core.ipynb #cell-033
+# %% ../nbs/00_core.ipynb #cell-041
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     "SHA-256 hex digest of a file, read in chunks."
     h = hashlib.sha256()
@@ -186,7 +233,7 @@ def set_seed(seed: int):
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
-# %% ../nbs/00_core.ipynb #cell-037
+# %% ../nbs/00_core.ipynb #cell-045
 def peak_rss_mb() -> float:
     "Peak resident set size of this process so far, in MiB (Linux reports KiB)."
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -207,7 +254,7 @@ def default_device() -> str:
     "`cuda` when a GPU is visible (and `DD_COMPANION_DEVICE` does not say otherwise), else `cpu`."
     return os.environ.get('DD_COMPANION_DEVICE', 'cuda' if torch.cuda.is_available() else 'cpu')
 
-# %% ../nbs/00_core.ipynb #cell-041
+# %% ../nbs/00_core.ipynb #cell-049
 import fcntl
 
 @contextlib.contextmanager
@@ -222,7 +269,7 @@ def file_lock(path, poll: float = 0.5, message: str | None = None):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-# %% ../nbs/00_core.ipynb #cell-045
+# %% ../nbs/00_core.ipynb #cell-053
 def experiment_out(name: str, out_dir: str = '') -> Path:
     "The output folder of an experiment notebook (created; must be writable)."
     out = check_writable_dir(Path(out_dir) if out_dir else runs_dir() / 'smoke' / name, 'out_dir')
@@ -236,7 +283,7 @@ def save_results(out: Path, name: str, params: dict, results: dict) -> Path:
                             'environment': environment_info(), 'finished': time.strftime('%Y-%m-%dT%H:%M:%S%z')})
     return path
 
-# %% ../nbs/00_core.ipynb #cell-049
+# %% ../nbs/00_core.ipynb #cell-057
 def fmt_mean_std(values, scale: float = 100.0, digits: int = 1) -> str:
     "'mean ± std' of a list of accuracies (as percentages by default)."
     a = np.asarray(values, dtype=float) * scale
@@ -253,7 +300,7 @@ def save_table(rows: list, out: Path, name: str, title: str = '') -> tuple:
     atomic_write_text(csv_path, '\n'.join(csv_lines) + '\n'); atomic_write_text(md_path, '\n'.join(md) + '\n')
     return csv_path, md_path
 
-# %% ../nbs/00_core.ipynb #cell-053
+# %% ../nbs/00_core.ipynb #cell-061
 PARAM_TYPES = {'int': int, 'float': (int, float), 'str': str, 'list': (list, tuple), 'bool': bool, 'dict': dict}
 
 def base_type_name(annotation) -> str | None:
@@ -272,7 +319,7 @@ def type_matches(annotation, value) -> bool:
     if base in ('int', 'float') and isinstance(value, bool): return False
     return isinstance(value, want)
 
-# %% ../nbs/00_core.ipynb #cell-057
+# %% ../nbs/00_core.ipynb #cell-065
 def check_notebook_params(namespace: dict, names=None) -> dict:
     "Check annotated notebook parameters against their types; returns {name: value}."
     ann = namespace.get('__annotations__', {})

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from fastcore.basics import patch
 
-from .core import DDError, check_choice, check_range, data_dir, downloads_dir, sha256_file, atomic_write
+from .core import DDError, check_choice, check_range, checkout_root, data_dir, downloads_dir, sha256_file, atomic_write
 
 # %% auto #0
 __all__ = ['CIFAR_MEAN', 'CIFAR_STD', 'TINY_MEAN', 'TINY_STD', 'DATASETS', 'PAPER_DATASET', 'EMBEDDED_SHA256', 'DatasetInfo',
@@ -64,17 +64,23 @@ EMBEDDED_SHA256 = {
 }
 _verified: set = set()
 
+def _restore_hint(rel: str) -> str:
+    "How to get a shipped file back: from git in a checkout, by reinstalling the package elsewhere."
+    if checkout_root() is not None: return f"restore it with `git checkout -- data/{rel}`"
+    return "reinstall the package (`pip install --force-reinstall --no-deps dd_companion`, from the same wheel or source)"
+
 def embedded_file(rel: str, root=None) -> Path:
     "Path of a shipped data file after checking its SHA-256 (once per process)."
     path = Path(root or data_dir()) / rel
     if not path.exists():
-        raise DDError(f"embedded data file {path} is missing. It ships with the repository in data/{rel}; "
-                      f"restore it with `git checkout -- data/{rel}` or set DD_COMPANION_DATA to a folder holding it.")
+        raise DDError(f"embedded data file {path} is missing. It ships with the repository in data/{rel} and inside "
+                      f"the installed package in dd_companion/_data/{rel}; {_restore_hint(rel)} or set "
+                      f"DD_COMPANION_DATA to a folder holding it.")
     if (str(path), path.stat().st_mtime) not in _verified:
         digest = sha256_file(path)
         if digest != EMBEDDED_SHA256[rel]:
             raise DDError(f"embedded data file {path} has sha256 {digest}, expected {EMBEDDED_SHA256[rel]}: the file is "
-                          f"corrupt or was replaced (a Git LFS pointer?). Restore it with `git checkout -- data/{rel}`.")
+                          f"corrupt or was replaced (a Git LFS pointer?). To fix it, {_restore_hint(rel)}.")
         _verified.add((str(path), path.stat().st_mtime))
     return path
 

@@ -5,7 +5,7 @@
 # %% ../nbs/14_experiments.ipynb #cell-002
 from __future__ import annotations
 import json, tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from .methods import METHODS, Distiller, distill_config, method_label
 __all__ = ['SET_METHODS', 'QUICK_DISTILL_PARAMS', 'load_data', 'dataset_for', 'experts_for', 'experiment_config',
            'validation_split', 'run_folder', 'distill_cached', 'seconds_per_iteration', 'evaluate_models',
            'distill_and_evaluate', 'random_real_record', 'cost_ratios', 'summarise', 'table_rows_of', 'run_methods',
-           'accuracy_bars', 'cost_benchmark', 'SynSet', 'make_set', 'evaluate_synset', 'table_distill',
+           'export_sets', 'accuracy_bars', 'cost_benchmark', 'SynSet', 'make_set', 'evaluate_synset', 'table_distill',
            'notebook_distill', 'table_experts', 'table_alpha_beta', 'table_protocol', 'distill_root', 'TableSetting',
            'table_setting']
 
@@ -117,7 +117,8 @@ def distill_and_evaluate(cfg: DistillConfig, method: str, *, models=('ConvNet',)
            'sec_per_it': seconds_per_iteration(hist), 'syn_lr': d.syn_lr.detach().item(), 'loss_tm_first': hist[0]['loss_tm'],
            'loss_tm_last': float(np.mean([h['loss_tm'] for h in tail])), 'skipped': int(sum(h['skipped'] for h in hist)),
            'folder': str(d.out_dir), 'config_key': cfg.key()}
-    cache = d.out_dir / f"eval-{config_hash({'models': list(models), 'iteration': d.iteration})}.json"
+    protocols = {m: asdict(eval_protocol(cfg.eval_protocol, **{**cfg.eval_overrides, 'model': m})) for m in models}
+    cache = d.out_dir / f"eval-{config_hash({'protocols': protocols, 'iteration': d.iteration})}.json"
     if resume and cache.exists(): rec['eval'] = json.loads(cache.read_text())     # same set, same protocol: reuse
     else:
         rec['eval'] = evaluate_models(d.images.detach(), d.labels.detach(), d.syn_lr.detach().item(), d.data, cfg, models,
@@ -146,8 +147,9 @@ def cost_ratios(records: list, baseline: str = 'datm') -> dict:
     return out
 
 # %% ../nbs/14_experiments.ipynb #cell-024
-def summarise(records: list, *, model: str = 'ConvNet', baseline: str = 'datm', label=method_label) -> list:
-    "Rows (one per dataset, IPC, method, in first-seen order) for `model`'s accuracy and the cost ratio."
+def summarise(records: list, *, model: str = 'ConvNet', baseline: str = 'datm', label=method_label, protocols=()) -> list:
+    """Rows (one per dataset, IPC, method, in first-seen order) for `model`'s accuracy and the cost ratio; with
+    `protocols`, a column of accuracy and of the std of seed means under each (from the records' `evals`)."""
     ratios, groups = cost_ratios(records, baseline), {}
     for r in records:
         if model in r['eval']: groups.setdefault((r['dataset'], r['ipc'], r['method']), []).append(r)
@@ -160,6 +162,10 @@ def summarise(records: list, *, model: str = 'ConvNet', baseline: str = 'datm', 
                      'std of seed means': f'{100 * np.std(seed_means):.1f}', 'seeds × runs': f'{len(rs)} × {len(accs) // len(rs)}',
                      's/iteration': '' if rs[0]['sec_per_it'] is None else f"{np.mean([r['sec_per_it'] for r in rs]):.3f}",
                      f'cost vs {baseline}': '' if ratio is None else f'{ratio:.2f}×'})
+        for p in protocols:
+            per = [r['evals'][p][model] for r in rs]
+            rows[-1][f'accuracy, {p} protocol (%)'] = fmt_mean_std([a for e in per for a in e['accs']])
+            rows[-1][f'std of seed means, {p}'] = f"{100 * np.std([e['mean'] for e in per]):.1f}"
     return rows
 
 def table_rows_of(records: list, models=None) -> list:
@@ -174,22 +180,35 @@ def table_rows_of(records: list, models=None) -> list:
 # %% ../nbs/14_experiments.ipynb #cell-027
 def run_methods(scale: str, methods, *, datasets=('cifar10-mini',), ipcs=(1,), seeds=(0,), seeds_per_ipc: dict | None = None,
                 eval_runs: int = 0, eval_epochs: int = 0, iterations: int = 0, device: str = 'cpu', models=('ConvNet',),
-                resume: bool = True, report=print, **overrides) -> tuple:
-    "Records of every (dataset, IPC, seed, method) and the distillers by that key ('random' = the random-real baseline)."
+                resume: bool = True, report=print, eval_protocols=(), **overrides) -> tuple:
+    """Records of every (dataset, IPC, seed, method) and the distillers by that key ('random' = the random-real baseline).
+    With `eval_protocols`, every set is evaluated under each (one distillation): `eval` holds the first, `evals` all."""
     records, distillers = [], {}
+    protos = list(eval_protocols) or ['']
     for dataset in datasets:
         for ipc in ipcs:
             for seed in (seeds_per_ipc or {}).get(str(ipc), seeds):
                 for method in methods:
-                    cfg = experiment_config(scale, 'datm' if method == 'random' else method, ipc=ipc, seed=seed, dataset=dataset,
-                                            eval_runs=eval_runs, eval_epochs=eval_epochs, iterations=iterations, device=device, **overrides)
-                    if method == 'random': rec = random_real_record(cfg, models=models)
-                    else: rec, distillers[dataset, ipc, seed, method] = distill_and_evaluate(cfg, method, models=models, resume=resume)
+                    evals = {}
+                    for p in protos:
+                        cfg = experiment_config(scale, 'datm' if method == 'random' else method, ipc=ipc, seed=seed, dataset=dataset,
+                                                eval_runs=eval_runs, eval_epochs=eval_epochs, iterations=iterations, device=device,
+                                                **({'eval_protocol': p} if p else {}), **overrides)
+                        if method == 'random': r = random_real_record(cfg, models=models)
+                        else: r, distillers[dataset, ipc, seed, method] = distill_and_evaluate(cfg, method, models=models, resume=resume)
+                        rec = rec if evals else r
+                        evals[p or cfg.eval_protocol] = r['eval']
+                    rec['evals'] = evals
                     records.append(rec)
                     e = rec['eval'][models[0]]
                     if report: report(f"{dataset} IPC {ipc} seed {seed} {method_label(method):>14}: {100 * e['mean']:.1f} ± {100 * e['std']:.1f} %"
                                       + (f", {rec['sec_per_it']:.3f} s/it" if rec['sec_per_it'] else ''))
     return records, distillers
+
+def export_sets(distillers: dict, folder) -> list:
+    "Export every distilled set of `run_methods` to `folder/<method>-<dataset>-ipc<k>-seed<s>.pt` (read with `torch.load(weights_only=True)`)."
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    return [d.export(folder / f"{m.replace('+', '-')}-{ds}-ipc{ipc}-seed{seed}.pt") for (ds, ipc, seed, m), d in distillers.items()]
 
 def accuracy_bars(ax, records: list, keys, *, field: str = 'method', labels=None, colours=None, model: str = 'ConvNet',
                   title: str = '', costs: dict | None = None):

@@ -19,7 +19,6 @@ from .core import (check_writable_dir, remove_stale_tmp, DDError, check_choice, 
                                atomic_torch_save, atomic_save_json, safe_torch_load, runs_dir, environment_info, peak_rss_mb)
 from .data import RealData, load_dataset, DATASETS
 from .models import model_for, FlatModel, MODELS
-from .augment import draw_dsa
 from .metagrad import InnerLoss, OuterTerm, StepPlan, meta_gradient_unrolled, meta_gradient_checkpointed
 from .evaluate import soft_cross_entropy, evaluate_set, protocol as eval_protocol, save_distilled, PROTOCOLS
 from .buffers import ExpertBuffer, build_experts, EXPERT_PRESETS
@@ -47,11 +46,16 @@ class Components:
     update_mask: torch.Tensor | None = None          # bool N: True = pixels are optimised
     is_real: torch.Tensor | None = None              # bool N: frozen real images (for 'combined' evaluation)
     callbacks: list = field(default_factory=list)    # f(distiller, iteration, record) after every iteration
+    terms_from: int = 0                              # iteration from which `inner` and `outer_terms` are used
 
-def build_components(cfg, data, buffer, fm, images, labels, extras, builders=()) -> Components:
-    "The loop's components for this run: MTT's defaults, changed by each builder in turn."
+    def terms_at(self, iteration: int) -> tuple:
+        "(inner loss, outer terms) of an iteration: before `terms_from`, MTT's plain inner loss and no extra terms."
+        return (self.inner, self.outer_terms) if iteration >= self.terms_from else (InnerLoss(), [])
+
+def build_components(cfg, data, buffer, fm, images, classes, extras, builders=()) -> Components:
+    "The loop's components for this run: MTT's defaults, changed by each builder in turn (`classes`: each image's true class)."
     comps = Components()
-    for b in builders: b(cfg, data, buffer, fm, images, labels, extras, comps)
+    for b in builders: b(cfg, data, buffer, fm, images, classes, extras, comps)
     return comps
 
 # %% ../nbs/08_matching.ipynb #cell-011
@@ -98,6 +102,7 @@ def _check_values(cfg: DistillConfig):
     check_range('max_start_epoch', cfg.max_start_epoch, cfg.min_start_epoch + 1, None, int, ' (it must exceed min_start_epoch)')
     for n in ('lr_img', 'lr_lr', 'lr_y', 'lr_teacher'): check_range(n, getattr(cfg, n), 0, None)
     check_range('momentum', cfg.momentum, 0, 1)
+    check_range('max_lr_factor', cfg.max_lr_factor, 1, None); check_range('max_pixel_factor', cfg.max_pixel_factor, 1, None)
     if cfg.batch_syn is not None: check_range('batch_syn', cfg.batch_syn, 1, None, int)
 
 # %% ../nbs/08_matching.ipynb #cell-016
@@ -134,15 +139,19 @@ def validate(cfg: DistillConfig, data: RealData | None = None, buffer: ExpertBuf
 
 # %% ../nbs/08_matching.ipynb #cell-019
 class NumericalFault(DDError):
-    "NaN/inf loss or gradient, or a step size that became negative or exploded."
+    "NaN/inf loss or gradient, a step size that became negative or exploded, or pixels far outside the data's range."
 
-def check_numerics(loss, syn_lr, g_images, cfg, iteration, last_ckpt):
-    "Raise `NumericalFault` (naming the last good checkpoint) if the loss, gradient or step size went wrong."
+def check_numerics(loss, syn_lr, g_images, cfg, iteration, last_ckpt, pixel_bound: float | None = None):
+    """Raise `NumericalFault` (naming the last good checkpoint) if the loss, gradient or step size went wrong — or, with
+    `pixel_bound` (the real images' largest |value|), if `g_images` (then: the new images) left `cfg.max_pixel_factor` × it."""
     problem = None
     if not math.isfinite(loss): problem = f'the matching loss is {loss}'
     elif not torch.isfinite(g_images).all(): problem = 'the image gradient contains NaN/inf'
     elif syn_lr <= 0: problem = f'the learned step size became non-positive ({syn_lr:.3g})'
     elif syn_lr > cfg.max_lr_factor * cfg.lr_teacher: problem = f'the learned step size exploded ({syn_lr:.3g} > {cfg.max_lr_factor}×lr_teacher)'
+    elif pixel_bound is not None and float(g_images.abs().max()) > cfg.max_pixel_factor * pixel_bound:
+        problem = (f'the synthetic pixels diverged (|x| up to {float(g_images.abs().max()):.3g}, more than max_pixel_factor='
+                   f'{cfg.max_pixel_factor:g} × the real images\' largest |value| {pixel_bound:.3g})')
     if problem:
         where = f'the last good checkpoint is {last_ckpt}' if last_ckpt else 'no checkpoint was written yet'
         raise NumericalFault(f"distillation stopped at iteration {iteration}: {problem}; {where}. Usual remedies: lower lr_img "
@@ -193,25 +202,27 @@ def _init_state(self: Distiller):
     self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
     self.opt_lr = torch.optim.SGD([self.syn_lr], lr=cfg.lr_lr, momentum=cfg.momentum)
     self.opt_y = torch.optim.SGD([self.labels], lr=cfg.lr_y, momentum=0.9) if soft else None
-    self.comps = build_components(cfg, self.data, self.buffer, self.fm, self.images, self.labels, self.init_extras, parts.builders)
+    self.comps = build_components(cfg, self.data, self.buffer, self.fm, self.images, self.hard_labels, self.init_extras, parts.builders)
     self.streams = {n: torch.Generator().manual_seed(cfg.seed * 7919 + k) for k, n in enumerate(['sampler', 'batches', 'dsa'])}
     self.iteration, self.history, self.last_ckpt, self.evals = 0, [], None, []
     self.initial_images = self.images.detach().clone()
+    self.pixel_bound = float(self.data.train.images.abs().max())      # for the divergence check of the pixels
 
 # %% ../nbs/08_matching.ipynb #cell-026
 @patch
-def plan(self: Distiller) -> tuple:
-    "Minibatches and DSA draws of the N inner steps (and of the outer terms) for one iteration."
+def plan(self: Distiller, inner=None, outer_terms=None) -> tuple:
+    "Minibatches and augmentation draws of the N inner steps (and of the outer terms) for one iteration."
     cfg, n = self.cfg, len(self.images)
+    if inner is None: inner, outer_terms = self.comps.terms_at(self.iteration)
     bs = min(cfg.batch_syn or n, n)
     queue, plan = [], []
     shape = tuple(self.images.shape[1:])
     for _ in range(cfg.syn_steps):
         if len(queue) < bs: queue = queue + torch.randperm(n, generator=self.streams['batches']).tolist()
         idx, queue = torch.tensor(queue[:bs]), queue[bs:]
-        draws = [draw_dsa(bs, shape, self.streams['dsa']) for _ in range(self.comps.inner.num_draws)] if cfg.dsa else []
+        draws = inner.draw(bs, shape, self.streams['dsa']) if cfg.dsa else []
         plan.append(StepPlan(idx, draws))
-    outer = [[draw_dsa(n, shape, self.streams['dsa']) for _ in range(t.num_draws)] if cfg.dsa else [] for t in self.comps.outer_terms]
+    outer = [t.draw(n, shape, self.streams['dsa']) if cfg.dsa else [] for t in outer_terms]
     return plan, outer
 
 # %% ../nbs/08_matching.ipynb #cell-028
@@ -222,9 +233,10 @@ def step(self: Distiller) -> dict:
     t0 = time.perf_counter()
     lo, hi = start_epoch_bounds(cfg, it)
     expert, start, th_start, th_target = self.buffer.sample(self.streams['sampler'], hi, cfg.expert_epochs, lo)
-    plan, outer = self.plan()
+    inner, outer_terms = self.comps.terms_at(it)
+    plan, outer = self.plan(inner, outer_terms)
     r = self.parts.engines[cfg.meta_grad](self.fm, th_start.to(cfg.device), th_target.to(cfg.device), self.images, self.labels,
-                                          self.syn_lr, plan, self.comps.inner, self.comps.outer_terms, outer)
+                                          self.syn_lr, plan, inner, outer_terms, outer)
     tm = float(r['tm']); total = tm + sum(float(e) for e in r['extras'])
     check_numerics(total, self.syn_lr.detach().item(), r['g_images'], cfg, it, self.last_ckpt)
     rec = {'iteration': it, 'expert': expert, 'start_epoch': start, 'loss_tm': tm, 'loss': total,
@@ -258,7 +270,8 @@ def _update(self: Distiller, r: dict, total: float):
     self.opt_img.step(); self.opt_lr.step()
     if self.opt_y is not None and r['g_labels'] is not None:
         self.labels.grad = r['g_labels']; self.opt_y.step()
-    check_numerics(total, self.syn_lr.detach().item(), self.images.detach(), self.cfg, self.iteration, self.last_ckpt)
+    check_numerics(total, self.syn_lr.detach().item(), self.images.detach(), self.cfg, self.iteration, self.last_ckpt,
+                   pixel_bound=self.pixel_bound)
 
 # %% ../nbs/08_matching.ipynb #cell-034
 @patch

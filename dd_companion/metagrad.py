@@ -20,7 +20,11 @@ __all__ = ['InnerLoss', 'OuterTerm', 'StepPlan', 'meta_gradient_unrolled', 'oute
 class InnerLoss:
     "Cross-entropy on one DSA view: the MTT/DATM inner objective."
     num_draws = 1
-    def __call__(self, fm: FlatModel, theta, x, y, draws: list):
+    def draw(self, n: int, shape, generator, device='cpu') -> list:
+        "The random augmentation parameters one call consumes (the loop draws them in its plan)."
+        return [draw_dsa(n, shape, generator, device=device) for _ in range(self.num_draws)]
+    def __call__(self, fm: FlatModel, theta, x, y, draws: list, idx=None):
+        "The loss of minibatch `x` (labels `y`; `idx`: its positions in the synthetic set, for losses that need them)."
         v = apply_dsa(x, draws[0]) if draws else x
         return soft_cross_entropy(fm(theta, v), y)
 
@@ -29,6 +33,7 @@ class OuterTerm:
     num_draws = 0
     weight = 1.0
     name = 'extra'
+    draw = InnerLoss.draw
     def __call__(self, fm: FlatModel, theta, images, labels, draws: list): raise NotImplementedError
 
 # %% ../nbs/06_metagrad.ipynb #cell-008
@@ -50,7 +55,7 @@ def meta_gradient_unrolled(fm, theta_start, target, images, labels, syn_lr, plan
     th = theta_start.clone().requires_grad_(True)
     theta = th
     for st in plan:
-        g, = torch.autograd.grad(inner(fm, theta, images[st.idx], _labels_for(labels, st.idx), st.draws), theta, create_graph=True)
+        g, = torch.autograd.grad(inner(fm, theta, images[st.idx], _labels_for(labels, st.idx), st.draws, st.idx), theta, create_graph=True)
         theta = theta - syn_lr * g
     tm = _param_match(theta, theta_start, target)
     extras = [t.weight * t(fm, theta, images, labels, d) for t, d in zip(outer_terms, outer_draws)]
@@ -82,7 +87,7 @@ def meta_gradient_checkpointed(fm, theta_start, target, images, labels, syn_lr, 
     thetas = [theta_start.detach()]
     for st in plan:                                                    # forward: parameters only, no graph
         th = thetas[-1].clone().requires_grad_(True)
-        g, = torch.autograd.grad(inner(fm, th, X[st.idx], _labels_for(Y, st.idx), st.draws), th)
+        g, = torch.autograd.grad(inner(fm, th, X[st.idx], _labels_for(Y, st.idx), st.draws, st.idx), th)
         thetas.append((thetas[-1] - eta * g).detach())
     tm, extras, lam, g_x, g_y = outer_adjoint(fm, thetas[-1], theta_start, target, X, Y, outer_terms, outer_draws)
     g_lr = torch.zeros(())
@@ -91,7 +96,7 @@ def meta_gradient_checkpointed(fm, theta_start, target, images, labels, syn_lr, 
         th = thetas[k].clone().requires_grad_(True)
         xb = X[st.idx].clone().requires_grad_(True)
         yb = _labels_for(Y, st.idx).clone().requires_grad_(soft)
-        g, = torch.autograd.grad(inner(fm, th, xb, yb, st.draws), th, create_graph=True)
+        g, = torch.autograd.grad(inner(fm, th, xb, yb, st.draws, st.idx), th, create_graph=True)
         dot = (g * lam).sum()
         leaves = [th, xb] + ([yb] if soft else [])
         d = torch.autograd.grad(dot, leaves, allow_unused=True)

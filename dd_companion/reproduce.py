@@ -8,14 +8,15 @@ import argparse, ast, contextlib, json, os, re, shutil, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import DDError, SCALES, check_choice, atomic_save_json, atomic_write_text, file_lock
+import dd_companion
+from .core import DDError, SCALES, check_choice, atomic_save_json, atomic_write_text, file_lock, notebooks_dir
 from .papers import reported_rows
 from .report import (Registry, Task, plan, papermill_command, format_plan, results_json, default_out,
                                  default_runs, format_list, render_tables)
 
 # %% auto #0
-__all__ = ['PRESETS', 'prepare_task', 'finish_task', 'run_logged', 'Summary', 'format_summary', 'run_tasks', 'reproduce',
-           'build_parser', 'main']
+__all__ = ['PRESETS', 'prepare_task', 'finish_task', 'run_logged', 'Summary', 'format_summary', 'run_tasks', 'default_registry',
+           'notebooks_problem', 'reproduce', 'build_parser', 'main']
 
 # %% ../nbs/17_reproduce.ipynb #cell-005
 PRESETS = {'smoke': 'the notebooks\' own defaults: seconds each (CI)',
@@ -266,6 +267,19 @@ def run_tasks(tasks: list, *, jobs: int = 1, executor: str = 'local', cluster=No
     return [results[t.notebook] for t in tasks]
 
 # %% ../nbs/17_reproduce.ipynb #cell-036
+def default_registry() -> Registry:
+    "`Registry.default()` with the experiment notebooks of `core.notebooks_dir()` (checkout, package or variable)."
+    return Registry.default(notebooks_dir=notebooks_dir())
+
+def notebooks_problem(registry: Registry) -> str | None:
+    "None if the registry's notebook folder holds notebooks, else a message saying where they are expected."
+    d = Path(registry.notebooks_dir)
+    if d.is_dir() and any(d.glob('*.ipynb')): return None
+    return (f"no experiment notebooks in {d}. They ship inside the installed package (dd_companion/_experiments) and "
+            f"live in nbs/experiments/ of a checkout; reinstall the package (pip install --force-reinstall --no-deps "
+            f"dd_companion), run from a checkout, or set DD_COMPANION_NOTEBOOKS to the folder holding them.")
+
+# %% ../nbs/17_reproduce.ipynb #cell-040
 def _clear_stale(out: Path, runs: Path):
     "Remove what an interrupted or killed run left (call with the output folder's lock held)."
     for stale in (out / '.staging').glob('*'): shutil.rmtree(stale, ignore_errors=True)
@@ -280,7 +294,7 @@ def _finish(s: Summary, t0: float, file) -> Summary:
     print(format_summary(s), file=file)
     return s
 
-# %% ../nbs/17_reproduce.ipynb #cell-039
+# %% ../nbs/17_reproduce.ipynb #cell-043
 def reproduce(preset: str = 'lite', *, only=None, out=None, runs=None, jobs: int | None = None, force: bool = False,
               executor: str = 'local', dry_run: bool = False, registry: Registry | None = None, cluster=None,
               submitit_params=None, kernel=None, progress: bool = True, file=None) -> Summary:
@@ -288,7 +302,7 @@ def reproduce(preset: str = 'lite', *, only=None, out=None, runs=None, jobs: int
     file = file or sys.stdout
     if jobs is not None and (not isinstance(jobs, int) or jobs < 1): raise DDError(f'--jobs={jobs!r} must be a positive integer.')
     check_choice('executor', executor, ['local', 'submitit'])
-    registry = registry or Registry.default()
+    registry = registry or default_registry()
     t0 = time.time()
     tasks, notes = plan(registry, preset, only=only, out=out, runs=runs, force=force, kernel=kernel)
     s = Summary(preset, str(Path(out or default_out(preset)).resolve()), str(Path(runs or default_runs(preset)).resolve()),
@@ -310,17 +324,18 @@ def reproduce(preset: str = 'lite', *, only=None, out=None, runs=None, jobs: int
         s.tables = render_tables(registry, preset, s.out)
     return _finish(s, t0, file)
 
-# %% ../nbs/17_reproduce.ipynb #cell-042
+# %% ../nbs/17_reproduce.ipynb #cell-046
 def _kv(s: str):
     k, sep, v = s.partition('=')
     if not sep: raise argparse.ArgumentTypeError(f'{s!r} is not KEY=VALUE')
     with contextlib.suppress(ValueError, SyntaxError): return k, ast.literal_eval(v)
     return k, v
 
-# %% ../nbs/17_reproduce.ipynb #cell-045
+# %% ../nbs/17_reproduce.ipynb #cell-049
 def build_parser() -> argparse.ArgumentParser:
     "The `dd-companion` argument parser: the `reproduce`, `tables` and `reported` sub-commands."
     ap = argparse.ArgumentParser(prog='dd-companion', description='Companion to DATM-CLR and SelMatch: reproduce their tables and figures.')
+    ap.add_argument('--version', action='version', version=f'%(prog)s {dd_companion.__version__}')
     sub = ap.add_subparsers(dest='command', required=True)
     r = sub.add_parser('reproduce', help='run the experiment notebooks of a preset and render the tables',
                        description='Run experiment notebooks with papermill and render tables beside the reported numbers.')
@@ -336,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--timeout-min', type=int, default=24 * 60, help='submitit: time limit per job in minutes')
     r.add_argument('--submitit-param', type=_kv, action='append', default=[], metavar='KEY=VALUE',
                    help='submitit executor parameter, e.g. slurm_partition=gpu, gpus_per_node=1 (repeatable)')
-    r.add_argument('--out', help='output folder for results, tables, figures (default: figures/<preset>)')
-    r.add_argument('--runs', help='folder for executed notebooks and logs (default: runs/<preset>)')
+    r.add_argument('--out', help='output folder for results, tables, figures (default: figures/<preset> of the checkout or the user data folder)')
+    r.add_argument('--runs', help='folder for executed notebooks and logs (default: runs/<preset> of the checkout or the user data folder)')
     r.add_argument('--kernel', help="Jupyter kernel name (default: the notebook's, python3)")
     r.add_argument('--print-tables', action='store_true', help='print the rendered index REPRODUCE.md at the end')
     r.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -346,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser('reported', help='print the registry of reported numbers with source tags')
     return ap
 
-# %% ../nbs/17_reproduce.ipynb #cell-048
+# %% ../nbs/17_reproduce.ipynb #cell-052
 def main(argv=None, *, registry: Registry | None = None, file=None) -> int:
     "Console entry point `dd-companion`; returns the exit code (0 ok, 1 a notebook failed, 2 usage/parameter error)."
     file = file or sys.stdout
@@ -356,14 +371,17 @@ def main(argv=None, *, registry: Registry | None = None, file=None) -> int:
             print('\n'.join(f"{r['method']:<12} {r['dataset']:<14} IPC {str(r['IPC']):<5} {r['model']:<9} "
                             f"{r['reported (%)']:<11} {r['source']} {r['note']}" for r in reported_rows()), file=file)
             return 0
-        registry = registry or Registry.default()
+        own, registry = registry is None, registry or default_registry()
         if args.command == 'tables':
             res = render_tables(registry, args.preset, Path(args.out or default_out(args.preset)).resolve())
             print(Path(res['index']).read_text(), file=file)
             return 0
+        problem = notebooks_problem(registry) if own else None
         if args.list:
             print(format_list(registry, args.preset, out=args.out, only=args.only), file=file)
+            print(f'\nexperiment notebooks: {registry.notebooks_dir}' if problem is None else f'\n{problem}', file=file)
             return 0
+        if problem: raise DDError(problem)
         params = {'timeout_min': args.timeout_min, **dict(args.submitit_param)}
         s = reproduce(args.preset, only=args.only, out=args.out, runs=args.runs, jobs=args.jobs, force=args.force,
                       executor=args.executor, dry_run=args.dry_run, registry=registry, cluster=args.cluster,
