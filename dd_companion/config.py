@@ -68,6 +68,7 @@ class DistillConfig:
     seed: int = 0
     checkpoint_every: int = 50
     eval_every: int = 0                   # 0: evaluate only at the end
+    snapshot_every: int = 0               # keep the set every k iterations (for checkpoint selection; 0: only the final set)
     eval_protocol: str = 'quick'
     eval_overrides: dict = field(default_factory=dict)
     max_lr_factor: float = 1000.0         # η above max_lr_factor·lr_teacher counts as exploding
@@ -75,7 +76,7 @@ class DistillConfig:
     device: str = 'cpu'
 
 # %% ../nbs/07_config.ipynb #cell-007
-_NOT_IN_KEY = ('checkpoint_every', 'eval_every', 'device', 'eval_protocol', 'eval_overrides', 'max_lr_factor', 'max_pixel_factor')
+_NOT_IN_KEY = ('checkpoint_every', 'eval_every', 'snapshot_every', 'device', 'eval_protocol', 'eval_overrides', 'max_lr_factor', 'max_pixel_factor')
 
 @patch
 def key(self: DistillConfig) -> str:
@@ -98,7 +99,7 @@ OPTION_GROUPS = {
     'DATM-CLR': ['con_fusion', 'con_update', 'con_loss', 'con_tau', 'con_base_tau', 'con_head', 'con_positives', 'con_views',
                  'con_start'],
     'SelMatch': ['sel_alpha', 'sel_beta', 'sel_beta_mode', 'sel_score'],
-    'engineering': ['model', 'meta_grad', 'seed', 'checkpoint_every', 'eval_every', 'eval_protocol', 'eval_overrides',
+    'engineering': ['model', 'meta_grad', 'seed', 'checkpoint_every', 'eval_every', 'snapshot_every', 'eval_protocol', 'eval_overrides',
                     'max_lr_factor', 'max_pixel_factor', 'device'],
 }
 

@@ -185,7 +185,7 @@ class ZCA:
     def __call__(self, x):
         return ((x.reshape(len(x), -1) - self.mean.to(x)) @ self.W.to(x)).reshape(x.shape)
     def inverse(self, x):
-        "Map whitened images back to the normalised space they came from (for display)."
+        "Map whitened images back to the space they came from (for display)."
         return (x.reshape(len(x), -1) @ self.W_inv.to(x) + self.mean.to(x)).reshape(x.shape)
     def state(self):
         "The fitted tensors and ε as a dict of plain tensors (what a checkpoint stores)."
@@ -246,8 +246,8 @@ def sample_per_class(self: RealData, n: int, generator=None) -> torch.Tensor:
 
 @patch
 def to_display(self: RealData, x: torch.Tensor) -> torch.Tensor:
-    "Undo ZCA and normalisation: images in [0, 1] for plotting."
-    if self.zca is not None: x = self.zca.inverse(x)
+    "Undo ZCA (whose input is [0, 1] pixels) or the mean/std normalisation: images in [0, 1] for plotting."
+    if self.zca is not None: return self.zca.inverse(x.detach().cpu()).clamp(0, 1)
     m, s = torch.tensor(self.info.mean).view(1, -1, 1, 1), torch.tensor(self.info.std).view(1, -1, 1, 1)
     return (x.detach().cpu() * s + m).clamp(0, 1)
 
@@ -256,25 +256,27 @@ def _first_per_class(y, n):
     if n is None: return np.arange(len(y))
     return np.sort(np.concatenate([np.flatnonzero(y == c)[:n] for c in np.unique(y)]))
 
-def _to_tensor(raw: RawSplit, keep, info):
+def _to_tensor(raw: RawSplit, keep, info, normalise: bool = True):
     x = torch.from_numpy(raw.x[keep]).permute(0, 3, 1, 2).float().div_(255)
-    m, s = torch.tensor(info.mean).view(1, -1, 1, 1), torch.tensor(info.std).view(1, -1, 1, 1)
-    return Split(((x - m) / s).contiguous(), torch.from_numpy(raw.y[keep]), torch.from_numpy(raw.index[keep]))
+    if normalise:
+        m, s = torch.tensor(info.mean).view(1, -1, 1, 1), torch.tensor(info.std).view(1, -1, 1, 1)
+        x = (x - m) / s
+    return Split(x.contiguous(), torch.from_numpy(raw.y[keep]), torch.from_numpy(raw.index[keep]))
 
 def load_dataset(name: str = 'cifar10-mini', *, zca: bool = False, root=None, download: bool = True,
                  train_per_class: int | None = None, test_per_class: int | None = None, zca_eps: float = 0.1) -> RealData:
-    "Load a registered dataset as normalised tensors (optionally ZCA-whitened, fitted on its training split)."
+    "Load a registered dataset as mean/std-normalised tensors — or, with `zca`, [0, 1] pixels ZCA-whitened by a fit on its training split."
     info = dataset_info(name)
     (tr, classes), (te, _) = load_raw(name, 'train', root, download), load_raw(name, 'test', root, download)
-    train = _to_tensor(tr, _first_per_class(tr.y, train_per_class), info)
-    test = _to_tensor(te, _first_per_class(te.y, test_per_class), info)
+    train = _to_tensor(tr, _first_per_class(tr.y, train_per_class), info, normalise=not zca)
+    test = _to_tensor(te, _first_per_class(te.y, test_per_class), info, normalise=not zca)
     whitening = None
     if zca:
         whitening = ZCA(zca_eps).fit(train.images)
         train.images, test.images = whitening(train.images), whitening(test.images)
     return RealData(info, [str(c) for c in classes], train, test, whitening)
 
-# %% ../nbs/01_data.ipynb #cell-064
+# %% ../nbs/01_data.ipynb #cell-066
 _SCORE_FILES = {('cifar10', 'cscore'): 'scores/cscores_CIFAR10.npz', ('cifar100', 'cscore'): 'scores/cscores_CIFAR100.npz',
                 ('cifar10', 'forgetting'): 'scores/forgetting_CIFAR10.npy', ('cifar100', 'forgetting'): 'scores/forgetting_CIFAR100.npy',
                 ('tinyimagenet', 'forgetting'): 'scores/forgetting_Tiny.npy'}

@@ -22,8 +22,8 @@ from .selmatch import (sliding_window, sample_difficulty, selmatch_protocol, qui
 from .methods import METHODS, Distiller, distill_config, method_label
 
 # %% auto #0
-__all__ = ['SET_METHODS', 'QUICK_DISTILL_PARAMS', 'load_data', 'dataset_for', 'experts_for', 'experiment_config',
-           'validation_split', 'run_folder', 'distill_cached', 'seconds_per_iteration', 'evaluate_models',
+__all__ = ['SELECTIONS', 'SET_METHODS', 'QUICK_DISTILL_PARAMS', 'load_data', 'dataset_for', 'experts_for', 'experiment_config',
+           'validation_split', 'run_folder', 'distill_cached', 'seconds_per_iteration', 'evaluate_models', 'select_set',
            'distill_and_evaluate', 'random_real_record', 'cost_ratios', 'summarise', 'table_rows_of', 'run_methods',
            'export_sets', 'accuracy_bars', 'cost_benchmark', 'SynSet', 'make_set', 'evaluate_synset', 'table_distill',
            'notebook_distill', 'table_experts', 'table_alpha_beta', 'table_protocol', 'distill_root', 'TableSetting',
@@ -107,9 +107,31 @@ def evaluate_models(images, labels, lr, data, cfg: DistillConfig, models, is_rea
     return out
 
 # %% ../nbs/14_experiments.ipynb #cell-019
+SELECTIONS = ['final', 'best-val', 'best-test']
+
+def select_set(d: Distiller, cfg: DistillConfig, select: str = 'final', *, val_per_class: int = 50, model: str = 'ConvNet',
+               progress: bool = False) -> dict:
+    """The set to report among the run's snapshots: the final one; the one with the best mean accuracy on a validation
+    split carved from the training images ('best-val'); or on the test images ('best-test': the papers' protocol, optimistic)."""
+    check_choice('select', select, SELECTIONS)
+    kept = d.snapshots()
+    if select == 'final': return {**kept[-1], 'curve': []}
+    if len(kept) == 1:
+        raise DDError(f"select={select!r} chooses among snapshots, but the run in {d.out_dir} kept none: distil with snapshot_every > 0 "
+                      f"(a finished run is reused; delete its folder to rerun it with snapshots).")
+    judge = validation_split(d.data, val_per_class) if select == 'best-val' else d.data
+    curve = []
+    for k in kept:
+        e = evaluate_models(k['images'], k['labels'], float(k['syn_lr']), judge, cfg, [model], d.comps.is_real, progress)[model]
+        curve.append({'iteration': k['iteration'], 'mean': e['mean'], 'accs': e['accs']})
+    best = max(range(len(kept)), key=lambda i: (curve[i]['mean'], curve[i]['iteration']))
+    return {**kept[best], 'curve': curve}
+
 def distill_and_evaluate(cfg: DistillConfig, method: str, *, models=('ConvNet',), data: RealData | None = None, variant: str = '',
-                         resume: bool = True, root=None, progress: bool = False) -> tuple:
-    "Distil `cfg` (a method named `method`), evaluate on `models`; returns (record, distiller)."
+                         resume: bool = True, root=None, progress: bool = False, select: str = 'final', val_per_class: int = 50) -> tuple:
+    """Distil `cfg` (a method named `method`), evaluate on `models`; returns (record, distiller). `select` says which set
+    is evaluated (`select_set`); the record says which (`select`: rule, iteration and the selection curve)."""
+    check_choice('select', select, SELECTIONS)
     d = distill_cached(cfg, data=data, variant=variant, resume=resume, progress=progress, root=root)
     hist = d.history
     tail = hist[-max(1, len(hist) // 10):]
@@ -118,12 +140,16 @@ def distill_and_evaluate(cfg: DistillConfig, method: str, *, models=('ConvNet',)
            'loss_tm_last': float(np.mean([h['loss_tm'] for h in tail])), 'skipped': int(sum(h['skipped'] for h in hist)),
            'folder': str(d.out_dir), 'config_key': cfg.key()}
     protocols = {m: asdict(eval_protocol(cfg.eval_protocol, **{**cfg.eval_overrides, 'model': m})) for m in models}
-    cache = d.out_dir / f"eval-{config_hash({'protocols': protocols, 'iteration': d.iteration})}.json"
-    if resume and cache.exists(): rec['eval'] = json.loads(cache.read_text())     # same set, same protocol: reuse
+    extra = {} if select == 'final' else {'select': select, 'val_per_class': val_per_class if select == 'best-val' else None}
+    cache = d.out_dir / f"eval-{config_hash({'protocols': protocols, 'iteration': d.iteration, **extra})}.json"
+    if resume and cache.exists(): got = json.loads(cache.read_text())             # same set, same protocol: reuse
     else:
-        rec['eval'] = evaluate_models(d.images.detach(), d.labels.detach(), d.syn_lr.detach().item(), d.data, cfg, models,
-                                      d.comps.is_real, progress)
-        atomic_save_json(cache, rec['eval'])
+        chosen = select_set(d, cfg, select, val_per_class=val_per_class, model=models[0], progress=progress)
+        got = {'eval': evaluate_models(chosen['images'], chosen['labels'], float(chosen['syn_lr']), d.data, cfg, models,
+                                       d.comps.is_real, progress),
+               'select': {'rule': select, 'iteration': chosen['iteration'], 'curve': chosen['curve']}}
+        atomic_save_json(cache, got)
+    rec['eval'], rec['select'] = (got['eval'], got['select']) if 'select' in got else (got, {'rule': 'final', 'iteration': d.iteration, 'curve': []})
     return rec, d
 
 def random_real_record(cfg: DistillConfig, *, models=('ConvNet',), data: RealData | None = None, progress: bool = False) -> dict:
@@ -134,7 +160,7 @@ def random_real_record(cfg: DistillConfig, *, models=('ConvNet',), data: RealDat
     return {'method': 'random', 'dataset': cfg.dataset, 'ipc': cfg.ipc, 'seed': cfg.seed, 'sec_per_it': None,
             'eval': evaluate_models(x, y, 0.01, data, cfg, models, None, progress)}
 
-# %% ../nbs/14_experiments.ipynb #cell-022
+# %% ../nbs/14_experiments.ipynb #cell-024
 def cost_ratios(records: list, baseline: str = 'datm') -> dict:
     "{(dataset, ipc, method): mean seconds/iteration ÷ the baseline's} from records with 'sec_per_it'."
     by = {}
@@ -146,7 +172,7 @@ def cost_ratios(records: list, baseline: str = 'datm') -> dict:
         out[(ds, ipc, m)] = float(np.mean(v) / np.mean(base)) if base else None
     return out
 
-# %% ../nbs/14_experiments.ipynb #cell-024
+# %% ../nbs/14_experiments.ipynb #cell-026
 def summarise(records: list, *, model: str = 'ConvNet', baseline: str = 'datm', label=method_label, protocols=()) -> list:
     """Rows (one per dataset, IPC, method, in first-seen order) for `model`'s accuracy and the cost ratio; with
     `protocols`, a column of accuracy and of the std of seed means under each (from the records' `evals`)."""
@@ -161,7 +187,8 @@ def summarise(records: list, *, model: str = 'ConvNet', baseline: str = 'datm', 
         rows.append({'dataset': ds, 'IPC': ipc, 'method': label(m) if label else m, 'accuracy (%)': fmt_mean_std(accs),
                      'std of seed means': f'{100 * np.std(seed_means):.1f}', 'seeds × runs': f'{len(rs)} × {len(accs) // len(rs)}',
                      's/iteration': '' if rs[0]['sec_per_it'] is None else f"{np.mean([r['sec_per_it'] for r in rs]):.3f}",
-                     f'cost vs {baseline}': '' if ratio is None else f'{ratio:.2f}×'})
+                     f'cost vs {baseline}': '' if ratio is None else f'{ratio:.2f}×',
+                     'set': ', '.join(sorted({r.get('select', {}).get('rule', 'final') for r in rs})) if rs[0]['sec_per_it'] is not None else 'real'})
         for p in protocols:
             per = [r['evals'][p][model] for r in rs]
             rows[-1][f'accuracy, {p} protocol (%)'] = fmt_mean_std([a for e in per for a in e['accs']])
@@ -177,10 +204,10 @@ def table_rows_of(records: list, models=None) -> list:
     return [{'method': meth, 'dataset': ds, 'ipc': ipc, 'model': m, 'accs': [a for accs in runs for a in accs], 'seeds': len(runs)}
             for (ds, ipc, meth, m), runs in groups.items()]
 
-# %% ../nbs/14_experiments.ipynb #cell-027
+# %% ../nbs/14_experiments.ipynb #cell-029
 def run_methods(scale: str, methods, *, datasets=('cifar10-mini',), ipcs=(1,), seeds=(0,), seeds_per_ipc: dict | None = None,
                 eval_runs: int = 0, eval_epochs: int = 0, iterations: int = 0, device: str = 'cpu', models=('ConvNet',),
-                resume: bool = True, report=print, eval_protocols=(), **overrides) -> tuple:
+                resume: bool = True, report=print, eval_protocols=(), select: str = 'final', **overrides) -> tuple:
     """Records of every (dataset, IPC, seed, method) and the distillers by that key ('random' = the random-real baseline).
     With `eval_protocols`, every set is evaluated under each (one distillation): `eval` holds the first, `evals` all."""
     records, distillers = [], {}
@@ -195,7 +222,8 @@ def run_methods(scale: str, methods, *, datasets=('cifar10-mini',), ipcs=(1,), s
                                                 eval_runs=eval_runs, eval_epochs=eval_epochs, iterations=iterations, device=device,
                                                 **({'eval_protocol': p} if p else {}), **overrides)
                         if method == 'random': r = random_real_record(cfg, models=models)
-                        else: r, distillers[dataset, ipc, seed, method] = distill_and_evaluate(cfg, method, models=models, resume=resume)
+                        else: r, distillers[dataset, ipc, seed, method] = distill_and_evaluate(cfg, method, models=models, resume=resume,
+                                                                                               select=select)
                         rec = rec if evals else r
                         evals[p or cfg.eval_protocol] = r['eval']
                     rec['evals'] = evals
@@ -223,7 +251,7 @@ def accuracy_bars(ax, records: list, keys, *, field: str = 'method', labels=None
     ax.set(title=title, ylabel='test accuracy (%)')
     return ax
 
-# %% ../nbs/14_experiments.ipynb #cell-031
+# %% ../nbs/14_experiments.ipynb #cell-033
 def cost_benchmark(methods=('datm', 'datm+fusion', 'datm+update', 'datm-clr'), *, scale: str = 'smoke', iterations: int = 5,
                    baseline: str = 'datm', ipc: int = 1, seed: int = 0, **overrides) -> dict:
     "Median seconds per outer iteration of `methods`, measured interleaved, and their ratio to `baseline`."
@@ -240,7 +268,7 @@ def cost_benchmark(methods=('datm', 'datm+fusion', 'datm+update', 'datm-clr'), *
     return {'scale': scale, 'ipc': ipc, 'iterations': iterations, 'sec_per_it': sec,
             'ratio': {m: sec[m] / sec[baseline] for m in methods}, 'torch_threads': torch.get_num_threads()}
 
-# %% ../nbs/14_experiments.ipynb #cell-034
+# %% ../nbs/14_experiments.ipynb #cell-036
 SET_METHODS = ['random', 'window', 'mtt', 'selmatch']
 
 @dataclass
@@ -265,7 +293,7 @@ def _selection_set(method, data, ipc, beta, beta_mode, score, seed, buffer) -> S
         pos = w.positions; x, y = data.train.images[pos].clone(), data.train.labels[pos].clone()
     return SynSet(method, x, y, torch.ones(len(y), dtype=torch.bool), positions=pos, initial=x)
 
-# %% ../nbs/14_experiments.ipynb #cell-036
+# %% ../nbs/14_experiments.ipynb #cell-038
 def make_set(method: str, data: RealData, ipc: int, *, distill: dict | None = None, alpha: float = 0.2, beta: float = 0.3,
              beta_mode: str = 'fraction', score: str = 'cscore', seed: int = 0, buffer=None, root=None, resume: bool = True,
              progress: bool = False, callbacks=()) -> SynSet:
@@ -285,7 +313,7 @@ def evaluate_synset(s: SynSet, data: RealData, p: EvalProtocol, groups: dict | N
     "`evaluate.evaluate_groups` of a SynSet (its `is_real` mark and learned step size), protocol fields overridable."
     return evaluate_groups(s.images, s.labels, data, replace(p, **overrides).validate(), groups, set_lr=s.syn_lr, seed=seed, is_real=s.is_real)
 
-# %% ../nbs/14_experiments.ipynb #cell-038
+# %% ../nbs/14_experiments.ipynb #cell-040
 QUICK_DISTILL_PARAMS = ('train_per_class', 'test_per_class', 'experts', 'iterations', 'syn_steps', 'batch_syn', 'expert_epochs',
                         'max_start_epoch', 'lr_img', 'lr_lr', 'lr_teacher')
 
@@ -303,7 +331,7 @@ def table_experts(distill: dict, data: RealData, progress: bool = False):
     "The expert buffer the MTT and SelMatch rows of `distill` match."
     return build_experts(distill_config('quick', 'selmatch', **distill).expert_cfg(), data=data, progress=progress)
 
-# %% ../nbs/14_experiments.ipynb #cell-040
+# %% ../nbs/14_experiments.ipynb #cell-042
 def table_alpha_beta(dataset: str, ipc: int, ratio: float, alphas=(), betas=(), index: int = 0) -> tuple:
     "(α, β): explicit per-IPC lists win; else the published (dataset, IPC) values; else CIFAR-10's for the nearest ratio."
     a, b = PAPER_ALPHA_BETA.get((dataset, ipc)) or ratio_alpha_beta(ratio, 'cifar10')
@@ -320,7 +348,7 @@ def distill_root(distill_dir: str, out):
     if distill_dir == 'shared': return runs_dir() / 'distill'
     return Path(distill_dir) if distill_dir else Path(out) / 'distill'
 
-# %% ../nbs/14_experiments.ipynb #cell-042
+# %% ../nbs/14_experiments.ipynb #cell-044
 @dataclass
 class TableSetting:
     "What a SelMatch notebook needs for one dataset and IPC."

@@ -86,6 +86,15 @@ def _check_names(cfg: DistillConfig, parts: LoopParts):
             raise DDError(f"{option}={getattr(cfg, option)!r} is not supported; allowed values: "
                           f"{', '.join(map(repr, names))}{hint}.")
 
+def _check_device(device):
+    "The device exists here: 'cpu', or 'cuda'/'cuda:k' with a GPU present."
+    if not isinstance(device, str) or not (device == 'cpu' or device == 'cuda' or (device.startswith('cuda:') and device[5:].isdigit())):
+        raise DDError(f"device={device!r} is not supported; use 'cpu', 'cuda' or 'cuda:<k>'.")
+    if device.startswith('cuda'):
+        k = int(device[5:]) if ':' in device else 0
+        if not torch.cuda.is_available(): raise DDError(f"device={device!r} but no CUDA GPU is available here; use device='cpu'.")
+        if k >= torch.cuda.device_count(): raise DDError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist.")
+
 def _check_values(cfg: DistillConfig):
     "Types and ranges of the loop's own options."
     check_choice('dataset', cfg.dataset, DATASETS); check_choice('experts', cfg.experts, EXPERT_PRESETS)
@@ -103,6 +112,11 @@ def _check_values(cfg: DistillConfig):
     for n in ('lr_img', 'lr_lr', 'lr_y', 'lr_teacher'): check_range(n, getattr(cfg, n), 0, None)
     check_range('momentum', cfg.momentum, 0, 1)
     check_range('max_lr_factor', cfg.max_lr_factor, 1, None); check_range('max_pixel_factor', cfg.max_pixel_factor, 1, None)
+    check_range('seed', cfg.seed, 0, None, int)
+    for n in ('checkpoint_every', 'eval_every', 'snapshot_every'): check_range(n, getattr(cfg, n), 0, None, int, ' (0: off)')
+    if cfg.threshold is not None: check_range('threshold', cfg.threshold, 0, None, why=' (None: no gate)')
+    _check_device(cfg.device)
+
     if cfg.batch_syn is not None: check_range('batch_syn', cfg.batch_syn, 1, None, int)
 
 # %% ../nbs/08_matching.ipynb #cell-016
@@ -285,6 +299,23 @@ def state_dict(self: Distiller) -> dict:
             'history': json.dumps(self.history), 'evals': json.dumps(self.evals)}
 
 @patch
+def save_snapshot(self: Distiller) -> Path:
+    "Keep the current set as `out_dir/snapshots/it<iteration>.pt` (weights-only), for selecting a set after the run."
+    path = self.out_dir / 'snapshots' / f'it{self.iteration:06d}.pt'
+    path.parent.mkdir(exist_ok=True)
+    atomic_torch_save(path, {'iteration': self.iteration, 'images': self.images.detach().cpu(), 'labels': self.labels.detach().cpu(),
+                             'syn_lr': self.syn_lr.detach().cpu()})
+    return path
+
+@patch
+def snapshots(self: Distiller) -> list:
+    "Every kept set as dicts (iteration, images, labels, syn_lr), in order, ending with the current one."
+    kept = [safe_torch_load(p, 'snapshot') for p in sorted((self.out_dir / 'snapshots').glob('it*.pt'))]
+    kept = [k for k in kept if k['iteration'] < self.iteration]           # a rerun's snapshots beyond this state are not its own
+    return kept + [{'iteration': self.iteration, 'images': self.images.detach().cpu(), 'labels': self.labels.detach().cpu(),
+                    'syn_lr': self.syn_lr.detach().cpu()}]
+
+@patch
 def save_checkpoint(self: Distiller):
     "Write the state atomically to `out_dir/checkpoint.pt`."
     atomic_torch_save(self.ckpt_path, self.state_dict()); self.last_ckpt = str(self.ckpt_path)
@@ -337,6 +368,7 @@ def run(self: Distiller, iterations: int | None = None, evaluate: bool = True) -
         rec = self.step()
         bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['syn_lr']:.5f}")
         if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0: self.save_checkpoint()
+        if cfg.snapshot_every and self.iteration % cfg.snapshot_every == 0 and self.iteration < total: self.save_snapshot()
         if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.iteration < total:
             self.evals.append({'iteration': self.iteration, **self.evaluate().to_dict()})
     bar.close()
