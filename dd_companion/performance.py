@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_performance.ipynb #cell-002
 from __future__ import annotations
-import collections, functools, gc, json, os, subprocess, sys, tempfile, time
+import collections, functools, gc, json, os, re, shutil, subprocess, sys, tempfile, time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from torch.func import grad as func_grad
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from .core import DDError, check_range, peak_rss_mb, Timer, environment_info
+from .core import DDError, check_range, check_choice, peak_rss_mb, Timer, environment_info
 from .data import RealData, load_dataset
 from .models import ConvNet, FlatModel, model_for, has_batch_norm
 from .augment import apply_dsa, draw_dsa
@@ -25,10 +25,12 @@ from .config import LoopParts
 from .matching import MTT_PARTS
 
 # %% auto #0
-__all__ = ['FAST_CHUNK', 'meta_gradient_fast_compiled', 'PERFORMANCE_PARTS', 'ENGINES', 'YARDSTICK', 'chunk_slices',
-           'step_gradient', 'step_hvp', 'step_gradient_func', 'step_hvp_func', 'compiled_kernels', 'meta_gradient_fast',
-           'benchmark_problem', 'run_engine', 'time_engines', 'measure_in_subprocess', 'compare_evaluation',
-           'expert_epoch_times', 'count_flops', 'convnet_forward_flops', 'iteration_flops', 'training_step_rate']
+__all__ = ['FAST_CHUNK', 'meta_gradient_fast_compiled', 'PERFORMANCE_PARTS', 'ENGINES', 'PEAK_DTYPES', 'CPU_FEATURES',
+           'BF16_NATIVE_FACTOR', 'chunk_slices', 'step_gradient', 'step_hvp', 'step_gradient_func', 'step_hvp_func',
+           'compiled_kernels', 'meta_gradient_fast', 'benchmark_problem', 'run_engine', 'interleaved_order',
+           'paired_ratios', 'time_engines', 'measure_in_subprocess', 'compare_evaluation', 'expert_epoch_times',
+           'count_flops', 'convnet_forward_flops', 'iteration_flops', 'training_step_rate', 'cpu_flags', 'matmul_rate',
+           'bf16_verdict', 'machine_peak', 'achieved_rate', 'time_reproduce']
 
 # %% ../nbs/12_performance.ipynb #cell-005
 def chunk_slices(n: int, chunk: int | None) -> list:
@@ -155,12 +157,12 @@ def benchmark_problem(ipc: int = 1, batch_syn: int | None = None, syn_steps: int
     theta_start = fm.flat_parameters()
     torch.manual_seed(seed + 1); target = FlatModel(model_for(data, 'ConvNet', width=width)).flat_parameters()
     n = len(images); bs = min(batch_syn or n, n); shape = tuple(images.shape[1:])
-    queue, plan = [], []
+    inner, queue, plan = InnerLoss(), [], []
     for _ in range(syn_steps):
         if len(queue) < bs: queue = queue + torch.randperm(n, generator=gen).tolist()
-        plan.append(StepPlan(torch.tensor(queue[:bs]), [draw_dsa(bs, shape, gen)])); queue = queue[bs:]
+        plan.append(StepPlan(torch.tensor(queue[:bs]), inner.draw(bs, shape, gen))); queue = queue[bs:]
     return dict(fm=fm, theta_start=theta_start, target=target, images=images, labels=labels,
-                syn_lr=torch.tensor(lr, requires_grad=True), plan=plan, inner=InnerLoss(), outer_terms=[], outer_draws=[])
+                syn_lr=torch.tensor(lr, requires_grad=True), plan=plan, inner=inner, outer_terms=[], outer_draws=[])
 
 def run_engine(name: str, problem: dict, **kw) -> dict:
     "One meta-gradient computation with a registered engine."
@@ -168,32 +170,52 @@ def run_engine(name: str, problem: dict, **kw) -> dict:
     return ENGINES[name](**problem, **kw)
 
 # %% ../nbs/12_performance.ipynb #cell-029
+def interleaved_order(engines: list, r: int) -> list:
+    "The order in which repetition `r` runs `engines`: as given in even repetitions, reversed in odd ones."
+    return list(engines) if r % 2 == 0 else list(reversed(engines))
+
+def paired_ratios(seconds: dict, reference: str) -> dict:
+    "{engine: [seconds[engine][r] / seconds[reference][r] for each repetition r]} (times of the same repetition)."
+    ref = seconds[reference]
+    for e, s in seconds.items():
+        if len(s) != len(ref): raise DDError(f"engine {e!r} has {len(s)} timed repetitions and {reference!r} {len(ref)}; ratios are paired by repetition.")
+    return {e: [a / b for a, b in zip(s, ref)] for e, s in seconds.items()}
+
+# %% ../nbs/12_performance.ipynb #cell-032
 def time_engines(problem: dict, engines: list, reps: int = 5, warmup: int = 1, engine_kw: dict | None = None,
-                 loss_eps: float = 1e-5, grad_eps: float = 5e-2, warmup_only: list | None = None) -> dict:
-    "Interleaved wall-clock seconds of each engine on one problem; also the loss each gave and its agreement with engines[0]."
+                 loss_eps: float = 1e-5, grad_eps: float = 5e-2, warmup_only: list | None = None,
+                 reference: str = 'unrolled') -> dict:
+    "Interleaved wall-clock seconds of each engine on one problem, its per-repetition ratio to `reference`, its loss and its agreement with `reference`."
+    engines = list(dict.fromkeys(engines))
+    if reference not in engines:
+        raise DDError(f"the reference engine {reference!r} is not among the timed engines {engines}; every engine is "
+                      f"compared with it in the same run (add it, or pass reference=).")
+    check_range('reps', reps, 1, None); check_range('warmup', warmup, 0, None)
     engine_kw = engine_kw or {}
     secs = {e: [] for e in engines}; first = {}; outs = {}
     for r in range(warmup + reps):
-        for e in engines:
+        for e in interleaved_order(engines, r):
             if r < warmup and warmup_only is not None and e not in warmup_only: continue
             gc.collect()
             t0 = time.perf_counter(); out = run_engine(e, problem, **engine_kw.get(e, {})); dt = time.perf_counter() - t0
             if r < warmup: first.setdefault(e, dt)
             else: secs[e].append(dt)
             outs.setdefault(e, {k: out[k].detach().clone() for k in ('tm', 'g_images', 'g_lr')})
-    ref, res = outs[engines[0]], {}
+    ratios = paired_ratios(secs, reference)
+    ref, res = outs[reference], {}
     for e in engines:
         o = outs[e]
         rel = float((o['g_images'] - ref['g_images']).norm() / ref['g_images'].norm().clamp_min(1e-30))
         diff = abs(float(o['tm'] - ref['tm']))
         if diff > loss_eps * max(1.0, abs(float(ref['tm']))) or rel > grad_eps:
-            raise DDError(f"engine {e!r} disagrees with {engines[0]!r}: loss {float(o['tm'])} vs {float(ref['tm'])}, "
+            raise DDError(f"engine {e!r} disagrees with {reference!r}: loss {float(o['tm'])} vs {float(ref['tm'])}, "
                           f"relative gradient difference {rel:.2e}.")
         res[e] = {'seconds': secs[e], 'mean': float(np.mean(secs[e])), 'std': float(np.std(secs[e])), 'first': first.get(e),
+                  'reference': reference, 'ratios': ratios[e], 'ratio': float(np.median(ratios[e])),
                   'loss': float(o['tm']), 'loss_diff': diff, 'grad_rel_diff': rel, 'g_lr': float(o['g_lr'])}
     return res
 
-# %% ../nbs/12_performance.ipynb #cell-032
+# %% ../nbs/12_performance.ipynb #cell-037
 def _rss_status(field: str) -> float | None:
     "A memory field of /proc/self/status in MiB (None where there is no /proc)."
     try:
@@ -222,7 +244,7 @@ def _child_main():
     print(json.dumps({'peak_rss_mb': peak_rss_mb(), 'iteration_peak_mb': hwm if hwm is not None else peak_rss_mb(),
                       'rss_before_mb': before, 'seconds': secs, 'loss': float(out['tm']), 'threads': torch.get_num_threads()}))
 
-# %% ../nbs/12_performance.ipynb #cell-034
+# %% ../nbs/12_performance.ipynb #cell-039
 def measure_in_subprocess(engine: str, ipc: int, syn_steps: int, batch_syn: int | None = None, width: int = 128,
                           iterations: int = 1, threads: int = 0, timeout: float = 1800, train_per_class: int | None = None,
                           engine_kw: dict | None = None) -> dict:
@@ -238,14 +260,15 @@ def measure_in_subprocess(engine: str, ipc: int, syn_steps: int, batch_syn: int 
         raise DDError(f"the measuring process for {spec} failed (exit {p.returncode}): {p.stderr.strip()[-800:]}")
     return {**spec, **json.loads(p.stdout.strip().splitlines()[-1])}
 
-# %% ../nbs/12_performance.ipynb #cell-037
+# %% ../nbs/12_performance.ipynb #cell-042
 def compare_evaluation(images, labels, data: RealData, p, set_lr: float | None = None, reps: int = 1, seed: int = 0) -> dict:
     "Interleaved evaluate_set(batched=True) vs (batched=False): seconds and accuracies of each."
     out = {'batched': [], 'sequential': []}
-    for _ in range(reps):
-        for name, b in (('batched', True), ('sequential', False)):
+    for r in range(reps):
+        for name, b in interleaved_order([('batched', True), ('sequential', False)], r):
             r = evaluate_set(images, labels, data, p, set_lr=set_lr, seed=seed, batched=b, progress=False)
-            out[name].append({'seconds': r.seconds, 'accs': r.accs, 'mean': r.mean, 'std': r.std})
+            out[name].append({'seconds': r.seconds, 'seconds_per_network': r.seconds / len(r.accs), 'accs': r.accs,
+                              'mean': r.mean, 'std': r.std})
     return out
 
 def expert_epoch_times(data: RealData, width: int = 128, epochs: int = 2, compile: bool = False, seed: int = 0) -> dict:
@@ -259,7 +282,7 @@ def expert_epoch_times(data: RealData, width: int = 128, epochs: int = 2, compil
     return {'compile': compile, 'seconds': [float(s) for s in secs], 'images_per_s': [len(data.train) / s for s in secs],
             'train_images': len(data.train), 'test_images': len(data.test), 'test_acc': state['test_acc']}
 
-# %% ../nbs/12_performance.ipynb #cell-040
+# %% ../nbs/12_performance.ipynb #cell-045
 class _OperationCounter(TorchDispatchMode):
     "Counts every operator that torch.utils.flop_counter has a formula for; unlike FlopCounterMode it installs no module hooks."
     def __init__(self):
@@ -284,10 +307,11 @@ def convnet_forward_flops(width: int, batch: int, channels: int = 3, size: int =
         c, s = width, s // 2
     return float(total + 2 * batch * width * s * s * classes)
 
-# %% ../nbs/12_performance.ipynb #cell-044
+# %% ../nbs/12_performance.ipynb #cell-049
 def iteration_flops(engine: str, ipc: int, batch_syn: int | None, syn_steps: int, width: int = 128,
                     data: RealData | None = None) -> float:
-    "Counted operations of one distillation iteration of `engine` (measured at 1 and 2 steps, extrapolated linearly)."
+    "Counted operations of one distillation iteration of `engine` (measured at 1 and 2 steps, extrapolated linearly; a compiled engine: its eager twin's)."
+    if engine.endswith('_compiled') and engine.removesuffix('_compiled') in ENGINES: engine = engine.removesuffix('_compiled')
     data = data or load_dataset()
     one, two = (count_flops(run_engine, engine, benchmark_problem(ipc, batch_syn, n, width, data))['total'] for n in (1, 2))
     return one + (syn_steps - 1) * (two - one)
@@ -311,14 +335,95 @@ def training_step_rate(data: RealData, width: int = 128, batch: int = 10, reps: 
     return {'width': width, 'batch': batch, 'flops': flops, 'seconds': secs, 'mean': mean, 'gflops_per_s': flops / mean / 1e9,
             'threads': torch.get_num_threads()}
 
-# %% ../nbs/12_performance.ipynb #cell-047
-YARDSTICK = {
-    'expert_epoch_seconds': 18.5,          # one epoch over 5,085 images + a 500-image test pass
-    'expert_images': 5085,
-    'expert_peak_rss_gb': 1.7,
-    'distill_ipc1_seconds': 1.48,          # IPC 1, syn_steps 20, batch_syn 10 (all images)
-    'distill_ipc1_peak_rss_gb': 2.3,
-    'distill_ipc10_seconds': 26.8,         # IPC 10, syn_steps 20, batch_syn 100
-    'distill_ipc10_peak_rss_gb': 8.6,
-    'eval_run_seconds_1000_epochs': 24.0,  # one evaluation run, ConvNet, 1000 epochs, 10 images
-}
+# %% ../nbs/12_performance.ipynb #cell-052
+PEAK_DTYPES = ('float32', 'bfloat16', 'float16', 'float64')
+CPU_FEATURES = ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'avx512_fp16', 'amx_tile', 'amx_bf16')
+
+def cpu_flags(names=CPU_FEATURES) -> list:
+    "Which of the CPU feature flags `names` /proc/cpuinfo lists (empty where there is no /proc/cpuinfo)."
+    try: text = Path('/proc/cpuinfo').read_text()
+    except OSError: return []
+    m = re.search(r'^flags\s*:(.*)$', text, re.M)
+    have = set(m.group(1).split()) if m else set()
+    return [n for n in names if n in have]
+
+def matmul_rate(dtype: str = 'float32', sizes=(1024, 2048), reps: int = 3, device: str = 'cpu', seed: int = 0) -> dict:
+    "GFLOP/s of n×n matrix products (2n³ operations) in `dtype`: best of `reps` timed products per size, after one untimed."
+    check_choice('dtype', dtype, PEAK_DTYPES); check_range('reps', reps, 1, None)
+    dt, dev = getattr(torch, dtype), torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
+    gen = torch.Generator().manual_seed(seed)
+    by_size = {}
+    for n in sizes:
+        check_range('matrix size', n, 1, None)
+        a, b = (torch.randn(n, n, generator=gen).to(dev, dt) for _ in range(2))
+        torch.mm(a, b); sync()
+        best = float('inf')
+        for _ in range(reps):
+            t0 = time.perf_counter(); torch.mm(a, b); sync(); best = min(best, time.perf_counter() - t0)
+        by_size[int(n)] = {'seconds': best, 'gflops_per_s': 2 * n ** 3 / best / 1e9}
+    return {'dtype': dtype, 'device': str(dev), 'threads': torch.get_num_threads(), 'reps': reps, 'by_size': by_size,
+            'gflops_per_s': max(v['gflops_per_s'] for v in by_size.values())}
+
+# %% ../nbs/12_performance.ipynb #cell-055
+BF16_NATIVE_FACTOR = 1.2
+
+def bf16_verdict(bf16_over_fp32: float | None) -> str:
+    "'native' (bf16 products clearly faster than fp32), 'emulated' (they run, no faster) or 'unavailable' (None: they fail)."
+    if bf16_over_fp32 is None: return 'unavailable'
+    return 'native' if bf16_over_fp32 >= BF16_NATIVE_FACTOR else 'emulated'
+
+def machine_peak(sizes=(1024, 2048), reps: int = 3, device: str = 'cpu') -> dict:
+    "Peak matmul GFLOP/s in fp32 and (where it runs) bf16, whether bf16 is native here, and the CPU's relevant features."
+    fp32 = matmul_rate('float32', sizes, reps, device)
+    try: bf16 = matmul_rate('bfloat16', sizes, reps, device)
+    except (RuntimeError, TypeError, NotImplementedError) as e: bf16 = {'dtype': 'bfloat16', 'error': f'{type(e).__name__}: {e}'[:300]}
+    factor = bf16['gflops_per_s'] / fp32['gflops_per_s'] if 'gflops_per_s' in bf16 else None
+    verdict = bf16_verdict(factor)
+    try: mkldnn_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError): mkldnn_bf16 = None
+    flags = cpu_flags() if torch.device(device).type == 'cpu' else []
+    note = (f"fp32 peak {fp32['gflops_per_s']:.0f} GFLOP/s on {fp32['threads']} thread(s); bf16: " +
+            ('does not run: ' + bf16['error'] if factor is None else
+             f"{bf16['gflops_per_s']:.0f} GFLOP/s ({factor:.2f}× fp32, {verdict}"
+             + (f"; CPU features {', '.join(f for f in flags if 'bf16' in f or 'amx' in f) or 'without bf16 units'}" if flags else '') + ')'))
+    return {'float32': fp32, 'bfloat16': bf16, 'bf16_over_fp32': factor, 'bf16': verdict, 'device': str(torch.device(device)),
+            'threads': fp32['threads'], 'cpu_capability': torch.backends.cpu.get_cpu_capability() if torch.device(device).type == 'cpu' else None,
+            'cpu_flags': flags, 'mkldnn': torch.backends.mkldnn.is_available(), 'mkldnn_bf16': mkldnn_bf16, 'note': note}
+
+def achieved_rate(flops: float, seconds: float, peak: dict) -> dict:
+    "Achieved GFLOP/s of `flops` counted operations in `seconds`, and its fraction of `peak`'s fp32 (and, where native, bf16) rate."
+    if not seconds > 0: raise DDError(f"seconds must be positive to compute a rate, got {seconds}.")
+    g = flops / seconds / 1e9
+    bf = peak['bfloat16'].get('gflops_per_s') if peak.get('bf16') == 'native' else None
+    return {'gflop': flops / 1e9, 'seconds': seconds, 'gflops_per_s': g, 'fraction_of_fp32_peak': g / peak['float32']['gflops_per_s'],
+            'fraction_of_bf16_peak': None if bf is None else g / bf}
+
+# %% ../nbs/12_performance.ipynb #cell-058
+def _console_command() -> str:
+    "Path of the `dd-companion` console script of this Python environment."
+    here = Path(sys.executable).parent / 'dd-companion'
+    found = str(here) if here.exists() else shutil.which('dd-companion')
+    if not found: raise DDError("the dd-companion command is not installed in this environment; run `pip install -e .` (or tools/setup.sh).")
+    return found
+
+def time_reproduce(preset: str = 'lite', only: list | None = None, jobs: int = 1, root=None, fresh_buffers: bool = True,
+                   timeout: float = 3 * 3600) -> dict:
+    "Wall seconds of `dd-companion reproduce --preset <preset> --force` into a fresh folder, and each notebook's seconds."
+    check_range('jobs', jobs, 1, None)
+    root = Path(root or tempfile.mkdtemp(prefix='dd-main-job-'))
+    out, runs = root / 'figures', root / 'runs'
+    cmd = [_console_command(), 'reproduce', '--preset', preset, '--force', '--jobs', str(jobs), '--out', str(out),
+           '--runs', str(runs), '--no-progress', *(['--only', *only] if only else [])]
+    env = {**os.environ, 'MPLBACKEND': 'Agg', **({'DD_COMPANION_BUFFERS': str(root / 'buffers')} if fresh_buffers else {})}
+    load0, t0 = os.getloadavg(), time.perf_counter()
+    try: p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired: raise DDError(f"`{' '.join(cmd[1:])}` took longer than {timeout:.0f} s.") from None
+    seconds = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise DDError(f"`dd-companion {' '.join(cmd[1:])}` failed (exit {p.returncode}): {(p.stdout + p.stderr).strip()[-800:]}")
+    summary = json.loads((runs / 'summary.json').read_text())
+    return {'preset': preset, 'only': only, 'jobs': jobs, 'fresh_buffers': fresh_buffers, 'seconds': seconds,
+            'runner_seconds': summary['seconds'], 'notebooks': {r['notebook']: r['seconds'] for r in summary['results']},
+            'cached': summary['cached'], 'load_average_start': load0, 'load_average_end': os.getloadavg(),
+            'threads_env': os.environ.get('OMP_NUM_THREADS'), 'root': str(root)}

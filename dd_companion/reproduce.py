@@ -15,8 +15,9 @@ from .report import (Registry, Task, plan, papermill_command, format_plan, resul
                                  default_runs, format_list, render_tables)
 
 # %% auto #0
-__all__ = ['PRESETS', 'prepare_task', 'finish_task', 'run_logged', 'Summary', 'format_summary', 'run_tasks', 'default_registry',
-           'notebooks_problem', 'reproduce', 'build_parser', 'main']
+__all__ = ['PRESETS', 'CHILDREN_FILE', 'prepare_task', 'finish_task', 'run_logged', 'kill_tree', 'stop_leftovers', 'Summary',
+           'format_summary', 'RunnerTerminated', 'run_tasks', 'default_registry', 'notebooks_problem', 'reproduce',
+           'build_parser', 'main']
 
 # %% ../nbs/17_reproduce.ipynb #cell-005
 PRESETS = {'smoke': 'the notebooks\' own defaults: seconds each (CI)',
@@ -111,17 +112,64 @@ def run_logged(cmd: list, cwd: str, log: str, env: dict | None = None) -> int:
     with open(log, 'a') as f:
         return subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}).returncode
 
+CHILDREN_FILE = '.reproduce-children.json'
+
+def _children(runs: Path) -> dict:
+    "{pid: notebook} of the papermill processes a runner recorded in `runs` (empty if none or unreadable)."
+    try: return {int(k): v for k, v in json.loads((Path(runs) / CHILDREN_FILE).read_text()).items()}
+    except (OSError, ValueError, AttributeError): return {}
+
+def _set_children(runs: Path, children: dict):
+    path = Path(runs) / CHILDREN_FILE
+    if children: atomic_save_json(path, {str(k): v for k, v in children.items()})
+    else: path.unlink(missing_ok=True)
+
+def _is_live_papermill(pid: int) -> bool:
+    "Whether `pid` is alive and (where /proc tells) a papermill process — a pid reused by another program is not ours."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return False
+    cmdline = Path(f'/proc/{pid}/cmdline')
+    return 'papermill' in cmdline.read_bytes().decode(errors='replace') if cmdline.exists() else True
+
+def kill_tree(pid: int, grace: float = 10.0):
+    "SIGTERM a process and all its descendants (papermill's kernel lives in a session of its own), then SIGKILL what is left."
+    import psutil
+    try: root = psutil.Process(pid); family = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess: return
+    for p in family:
+        with contextlib.suppress(psutil.Error): p.terminate()
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.Error): p.kill()
+
+def stop_leftovers(runs: Path, file=None, grace: float = 10.0) -> list:
+    """Stop the papermill processes (and kernels) that a killed runner left running in `runs` (call with the lock held);
+    returns the notebooks that were stopped."""
+    stopped = []
+    for pid, nb in _children(runs).items():
+        if not _is_live_papermill(pid): continue
+        _say(f'! a previous dd-companion reproduce was killed but its notebook {nb} (pid {pid}) is still running: stopping it', file)
+        kill_tree(pid, grace)
+        stopped.append(nb)
+    _set_children(runs, {})
+    return stopped
+
 class _LocalRun:
-    "One notebook as a local papermill process."
+    "One notebook as a local papermill process (its pid recorded in the runs folder while it runs)."
     def __init__(self, task: Task, env: dict):
         self.task, self.t0 = task, time.time()
         self.logf = open(task.log, 'a')
         self.proc = subprocess.Popen(papermill_command(task), stdout=self.logf, stderr=subprocess.STDOUT, env=env,
                                      cwd=str(Path(task.input).parent), start_new_session=True)
         self.label = f'pid {self.proc.pid}'
+        _set_children(task.runs, {**_children(task.runs), self.proc.pid: task.notebook})
     def done(self) -> bool:
-        "Whether the process has exited."
-        return self.proc.poll() is not None
+        "Whether the process has exited (then it is no longer recorded)."
+        if self.proc.poll() is None: return False
+        self._forget(); return True
+    def _forget(self):
+        _set_children(self.task.runs, {k: v for k, v in _children(self.task.runs).items() if k != self.proc.pid})
     def wait(self, timeout: float):
         "Wait for the process to exit (after `cancel`)."
         self.proc.wait(timeout)
@@ -130,9 +178,8 @@ class _LocalRun:
         self.logf.close()
         return finish_task(self.task, self.proc.returncode, time.time() - self.t0)
     def cancel(self):
-        "Stop papermill and its kernel (they run in their own process group)."
-        import signal
-        with contextlib.suppress(ProcessLookupError, PermissionError): os.killpg(self.proc.pid, signal.SIGTERM)
+        "Stop papermill and its kernel (papermill runs in its own process group, the kernel in a session of its own)."
+        kill_tree(self.proc.pid, grace=5.0); self._forget()
 
 # %% ../nbs/17_reproduce.ipynb #cell-021
 class _SubmititRun:
@@ -232,6 +279,18 @@ def _stop(running: list, why: BaseException, file):
             _say(f'✘ stopped {r.task.notebook:<28} executed notebook: {res["executed"]}  partial outputs: {res["partial"]}', file)
 
 # %% ../nbs/17_reproduce.ipynb #cell-034
+class RunnerTerminated(Exception):
+    "The runner received SIGTERM or SIGHUP: its notebooks are stopped before it exits."
+    def __init__(self, signum: int): super().__init__(f'signal {signum}'); self.signum = signum
+
+def _stop_on_signals():
+    "Turn SIGTERM and SIGHUP into `RunnerTerminated` while tasks run (main thread only); returns the restoring function."
+    import signal, threading
+    if threading.current_thread() is not threading.main_thread(): return lambda: None
+    def handler(signum, frame): raise RunnerTerminated(signum)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    return lambda: [signal.signal(sig, h) for sig, h in old.items()]
+
 def run_tasks(tasks: list, *, jobs: int = 1, executor: str = 'local', cluster=None, submitit_params=None,
               progress: bool = True, poll: float = 0.2, file=None) -> list:
     "Execute tasks, at most `jobs` at a time; returns one result dict per task (in task order)."
@@ -243,6 +302,7 @@ def run_tasks(tasks: list, *, jobs: int = 1, executor: str = 'local', cluster=No
         ex = _submitit_executor(Path(tasks[0].runs), cluster, {'timeout_min': 24 * 60, **(submitit_params or {})})
         env = {k: env[k] for k in ('MPLBACKEND', 'PYTHONUNBUFFERED')}     # the job inherits the rest from its node
     pending, running, results = list(tasks), [], {}
+    restore = _stop_on_signals()
     bar = tqdm(total=len(tasks), desc=f'reproduce {tasks[0].preset}', unit='notebook', file=sys.stderr,
                disable=not progress, dynamic_ncols=True, mininterval=1 if sys.stderr.isatty() else 60)
     try:
@@ -259,11 +319,11 @@ def run_tasks(tasks: list, *, jobs: int = 1, executor: str = 'local', cluster=No
                 res = results[r.task.notebook] = r.result()
                 bar.update(1)
                 _announce(r.task, res, file)
-    except BaseException as e:      # Ctrl-C or an error of the runner itself: stop the running notebooks, keep their traces
+    except BaseException as e:      # Ctrl-C, SIGTERM/SIGHUP or an error of the runner itself: stop the running notebooks, keep their traces
         _stop(running, e, file)
         raise
     finally:
-        bar.close()
+        bar.close(); restore()
     return [results[t.notebook] for t in tasks]
 
 # %% ../nbs/17_reproduce.ipynb #cell-036
@@ -318,6 +378,7 @@ def reproduce(preset: str = 'lite', *, only=None, out=None, runs=None, jobs: int
     jobs = jobs or (max(1, len(todo)) if executor == 'submitit' else 1)   # submitit: queue everything by default
     Path(s.out).mkdir(parents=True, exist_ok=True)
     with file_lock(Path(s.out) / '.reproduce.lock', message=f'another dd-companion reproduce is writing to {s.out}; waiting ...'):
+        stop_leftovers(Path(s.runs), file)               # a killed runner's notebooks must not race this run
         _clear_stale(Path(s.out), Path(s.runs))
         s.results = run_tasks(todo, jobs=jobs, executor=executor, cluster=cluster, submitit_params=submitit_params,
                               progress=progress, file=file)
@@ -391,6 +452,9 @@ def main(argv=None, *, registry: Registry | None = None, file=None) -> int:
     except DDError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except RunnerTerminated as e:
+        print(f'terminated by {e}: the running notebooks were stopped (their executed notebooks end in .failed.ipynb).', file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print('interrupted: the running notebooks were stopped (their executed notebooks end in .failed.ipynb); '
               'finished ones are published and will be skipped by the next run.', file=sys.stderr)

@@ -102,14 +102,13 @@ def test_failure_isolated_earlier_results_kept_then_cached(dirs, capsys):
     rc, text, _ = run(common(dirs), reg, capsys)
     assert rc == 1 and '· cached  random_real' in text and '0 ran, 1 cached, 1 failed' in text, text
     for name, data in before.items(): assert (out / name).read_bytes() == data, name
-    # and a cached run alone is fast
+    # and a cached run alone runs nothing (its time is printed, not asserted: times vary on a shared machine)
     t0 = time.time()
     rc, text, _ = run(common(dirs) + ['--only', 'random-real'], reg, capsys)
     second = time.time() - t0
     print(text, f'\nfirst run {first:.1f} s, cached rerun {second:.1f} s')
     assert rc == 0 and '0 ran, 1 cached, 0 failed' in text, text
     assert (dirs['runs'] / 'random_real.ipynb').stat().st_mtime_ns == rr_mtime
-    assert second < 10, second
     rc, text, _ = run(common(dirs) + ['--list'], reg, capsys)
     assert rc == 0
     assert [l.split()[5] for l in text.splitlines() if l.startswith(('random-real ', 'boom-T '))] == ['done', 'not']
