@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .core import check_choice
 
 # %% auto #0
-__all__ = ['DSA_FAMILIES', 'DSAParams', 'draw_dsa', 'apply_dsa', 'DSA', 'crop_flip']
+__all__ = ['DSA_FAMILIES', 'DSAParams', 'draw_dsa', 'apply_dsa', 'DSA', 'draw_dsa_per_image', 'crop_flip']
 
 # %% ../nbs/03_augment.ipynb #cell-005
 DSA_FAMILIES = ['color', 'crop', 'cutout', 'flip', 'scale', 'rotate']
@@ -30,11 +30,9 @@ class DSAParams:
     rotate: float = 15.0
 
 # %% ../nbs/03_augment.ipynb #cell-009
-def draw_dsa(n: int, shape, generator=None, *, families=DSA_FAMILIES, p: DSAParams = DSAParams(), device='cpu') -> dict:
-    "Draw the random parameters of one DSA call for a batch of `n` images of `shape` (C, H, W)."
+def _family_params(fam: str, n: int, shape, g, p: DSAParams) -> dict:
+    "The per-image parameters of family `fam` for `n` images of `shape` (C, H, W), drawn from `g`."
     _, h, w = shape
-    g = generator
-    fam = families[int(torch.randint(len(families), (1,), generator=g))]
     r = lambda *s: torch.rand(*s, generator=g)
     if fam == 'color':
         d = {'brightness': (r(n) - 0.5) * p.brightness, 'saturation': r(n) * p.saturation, 'contrast': r(n) + p.contrast}
@@ -51,7 +49,12 @@ def draw_dsa(n: int, shape, generator=None, *, families=DSA_FAMILIES, p: DSAPara
         d = {'sx': r(n) * (p.scale - 1 / p.scale) + 1 / p.scale, 'sy': r(n) * (p.scale - 1 / p.scale) + 1 / p.scale}
     else:
         d = {'theta': (r(n) - 0.5) * 2 * p.rotate / 180 * math.pi}
-    return {'family': fam, **{k: v.to(device) for k, v in d.items()}}
+    return d
+
+def draw_dsa(n: int, shape, generator=None, *, families=DSA_FAMILIES, p: DSAParams = DSAParams(), device='cpu') -> dict:
+    "Draw the random parameters of one DSA call for a batch of `n` images of `shape` (C, H, W)."
+    fam = families[int(torch.randint(len(families), (1,), generator=generator))]
+    return {'family': fam, **{k: v.to(device) for k, v in _family_params(fam, n, shape, generator, p).items()}}
 
 # %% ../nbs/03_augment.ipynb #cell-014
 def _per_image(t, x): return t.to(x.device).view(len(x), 1, 1, 1).to(x.dtype)
@@ -103,6 +106,7 @@ _APPLY = {'color': _color, 'crop': _crop, 'cutout': _cutout, 'flip': _flip, 'sca
 
 def apply_dsa(x: torch.Tensor, d: dict) -> torch.Tensor:
     "Apply a drawn DSA transformation to `x` (N×C×H×W); differentiable with respect to `x`."
+    if d['family'] == 'per_image': return _apply_per_image(x, d)      # a draw of `draw_dsa_per_image` (below)
     return _APPLY[d['family']](x, d)
 
 # %% ../nbs/03_augment.ipynb #cell-031
@@ -119,6 +123,10 @@ class DSA:
     def __call__(self, x, params: dict | None = None):
         self.last = params if params is not None else self.draw(x)
         return apply_dsa(x, self.last)
+    def per_image(self, x):
+        "Draw a transformation for every image of `x` on its own (its own family) and apply it."
+        self.last = draw_dsa_per_image(len(x), x.shape[1:], self.generator, families=self.families, p=self.params, device=x.device)
+        return apply_dsa(x, self.last)
     def state_dict(self):
         "The random stream's state, for a checkpoint."
         return {'generator': self.generator.get_state()}
@@ -127,6 +135,24 @@ class DSA:
         self.generator.set_state(s['generator'])
 
 # %% ../nbs/03_augment.ipynb #cell-037
+def draw_dsa_per_image(n: int, shape, generator=None, *, families=DSA_FAMILIES, p: DSAParams = DSAParams(), device='cpu') -> dict:
+    "Draw one DSA transformation per image: a family for each of the `n` images, then each family's parameters for its images."
+    which = torch.randint(len(families), (n,), generator=generator)
+    groups = []
+    for k, fam in enumerate(families):
+        idx = (which == k).nonzero().flatten()
+        if len(idx): groups.append({'family': fam, 'index': idx.to(device),
+                                    **{key: v.to(device) for key, v in _family_params(fam, len(idx), shape, generator, p).items()}})
+    return {'family': 'per_image', 'groups': groups}
+
+def _apply_per_image(x, d):
+    out = x.new_empty(x.shape)
+    for grp in d['groups']:
+        idx = grp['index'].to(x.device)
+        out[idx] = _APPLY[grp['family']](x[idx], grp)
+    return out
+
+# %% ../nbs/03_augment.ipynb #cell-043
 def crop_flip(x: torch.Tensor, generator=None, pad: int = 4) -> torch.Tensor:
     "Random translation by up to `pad` pixels (zero fill, as pad+crop) and a horizontal flip with p = 0.5."
     n = len(x)

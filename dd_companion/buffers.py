@@ -21,8 +21,8 @@ from .models import model_for, FlatModel, MODELS
 from .augment import DSA
 
 # %% auto #0
-__all__ = ['EXPERT_PRESETS', 'ExpertConfig', 'expert_config', 'new_expert_state', 'train_expert_epochs', 'ExpertBuffer',
-           'build_experts', 'expert_curves', 'plot_experts']
+__all__ = ['OPTIMIZERS', 'EXPERT_PRESETS', 'ExpertConfig', 'expert_config', 'new_expert_state', 'gsam_step',
+           'train_expert_epochs', 'ExpertBuffer', 'build_experts', 'stand_in_buffer', 'expert_curves', 'plot_experts']
 
 # %% ../nbs/05_buffers.ipynb #cell-005
 @dataclass
@@ -40,6 +40,10 @@ class ExpertConfig:
     batch_size: int = 256
     dsa: bool = True
     lr_decay_epoch: int | None = None     # lr ×0.1 from this (absolute) epoch on; None = constant lr
+    optimizer: str = 'sgd'                # sgd | gsam (DATM's experts: SGD along GSAM's surrogate-gap-guided direction)
+    gsam_rho: float = 0.01                # gsam: radius of the ascent step
+    gsam_alpha: float = 0.3               # gsam: weight of the removed orthogonal component
+    gsam_adaptive: bool = True            # gsam: ascent step scaled by |θ| (adaptive SAM)
     train_per_class: int | None = None    # smoke configurations train on the first n images per class
     test_per_class: int | None = None
     seed: int = 0
@@ -47,25 +51,34 @@ class ExpertConfig:
     epochs: int = 15
 
 # %% ../nbs/05_buffers.ipynb #cell-009
+OPTIMIZERS = ['sgd', 'gsam']
+_KEY_OMITS_AT_DEFAULT = {'optimizer': 'sgd', 'gsam_rho': 0.01, 'gsam_alpha': 0.3, 'gsam_adaptive': True}
+
 @patch
 def validate(self: ExpertConfig):
     "Check the dataset, model and numeric fields (a `DDError` naming the first bad one); returns `self`."
     check_choice('dataset', self.dataset, DATASETS); check_choice('model', self.model, MODELS)
     check_range('num_experts', self.num_experts, 1, None, int); check_range('epochs', self.epochs, 1, None, int)
     check_range('lr', self.lr, 0, None); check_range('batch_size', self.batch_size, 1, None, int)
+    check_choice('optimizer', self.optimizer, OPTIMIZERS)
+    check_range('gsam_rho', self.gsam_rho, 0, None); check_range('gsam_alpha', self.gsam_alpha, 0, None)
     return self
 
 @patch
 def identity(self: ExpertConfig) -> dict:
-    "Everything that shapes a trajectory (not how many experts or epochs)."
-    d = asdict(self); d.pop('num_experts'); d.pop('epochs'); return d
+    "Everything that shapes a trajectory (not how many experts or epochs; the optimiser fields only when not at their defaults)."
+    d = asdict(self); d.pop('num_experts'); d.pop('epochs')
+    for k, v in _KEY_OMITS_AT_DEFAULT.items():
+        if d[k] == v: d.pop(k)
+    if self.zca: d['zca_input'] = 'pixels in [0, 1], eps 0.1'     # the whitening's space (not the normalised images of older buffers)
+    return d
 
 @patch(as_prop=True)
 def key(self: ExpertConfig) -> str:
     "The cache key: a hash of `identity()`, the name of the buffer folder."
     return config_hash(self.identity())
 
-# %% ../nbs/05_buffers.ipynb #cell-013
+# %% ../nbs/05_buffers.ipynb #cell-015
 EXPERT_PRESETS = {
     'quick': ExpertConfig(),
     'lite': ExpertConfig(width=32, num_experts=3, epochs=8),
@@ -77,6 +90,9 @@ EXPERT_PRESETS = {
     'selmatch-cifar10': ExpertConfig(dataset='cifar10', model='ConvNetBN', dsa=False, num_experts=100, epochs=100),
     'selmatch-cifar100': ExpertConfig(dataset='cifar100', model='ConvNetBN', dsa=False, num_experts=100, epochs=100),
     'selmatch-tiny': ExpertConfig(dataset='tinyimagenet', model='ConvNetD4', norm='batch', dsa=False, num_experts=100, epochs=100),
+    'datm-cifar10': ExpertConfig(dataset='cifar10', zca=True, optimizer='gsam', num_experts=100, epochs=100),
+    'datm-cifar100': ExpertConfig(dataset='cifar100', zca=True, optimizer='gsam', num_experts=100, epochs=100),
+    'datm-tiny': ExpertConfig(dataset='tinyimagenet', zca=True, optimizer='gsam', num_experts=100, epochs=100),
 }
 
 def expert_config(preset: str = 'quick', **overrides) -> ExpertConfig:
@@ -87,7 +103,7 @@ def expert_config(preset: str = 'quick', **overrides) -> ExpertConfig:
     if unknown: raise DDError(f"unknown expert option(s) {', '.join(map(repr, unknown))}; ExpertConfig has: {', '.join(known)}.")
     return replace(EXPERT_PRESETS[preset], **overrides).validate()
 
-# %% ../nbs/05_buffers.ipynb #cell-017
+# %% ../nbs/05_buffers.ipynb #cell-019
 def _npy_header(path) -> tuple:
     "(shape, dtype, data offset) of an `.npy` file, reading only its header."
     with open(path, 'rb') as f:
@@ -99,7 +115,7 @@ def _npy_header(path) -> tuple:
 def _write_npy(path, arr: np.ndarray):
     with atomic_write(path) as f: np.save(f, np.ascontiguousarray(arr))
 
-# %% ../nbs/05_buffers.ipynb #cell-021
+# %% ../nbs/05_buffers.ipynb #cell-023
 def _expert_seed(cfg: ExpertConfig, i: int) -> int: return cfg.seed * 100_003 + i
 
 def new_expert_state(cfg: ExpertConfig, data: RealData, i: int, device='cpu') -> dict:
@@ -113,7 +129,40 @@ def new_expert_state(cfg: ExpertConfig, data: RealData, i: int, device='cpu') ->
             'dsa': DSA(seed=_expert_seed(cfg, i) + 1).state_dict(),
             'snapshots': [fm.flat_parameters().cpu()], 'train_acc': [], 'test_acc': [], 'correct': [], 'seconds': 0.0}
 
-# %% ../nbs/05_buffers.ipynb #cell-025
+# %% ../nbs/05_buffers.ipynb #cell-027
+class _frozen_bn_statistics:
+    "Within the block, batch-norm layers normalise with the batch but do not update their running statistics."
+    def __init__(self, model): self.layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    def __enter__(self):
+        self.saved = [m.momentum for m in self.layers]
+        for m in self.layers: m.momentum = 0.0
+    def __exit__(self, *exc):
+        for m, mom in zip(self.layers, self.saved): m.momentum = mom
+
+def gsam_step(model, run, x, y, opt, *, rho: float, alpha: float, adaptive: bool = True, loss_fn=F.cross_entropy, eps: float = 1e-12):
+    "One GSAM step of `opt` (an SGD over `model`'s parameters) on the batch (x, y); returns the first pass's (outputs, loss)."
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt.zero_grad(set_to_none=True)
+    out = run(x); loss = loss_fn(out, y); loss.backward()
+    with torch.no_grad():
+        live = [q for q in params if q.grad is not None]
+        g = [q.grad.detach().clone() for q in live]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(q.abs() * gi if adaptive else gi) for q, gi in zip(live, g)]))
+        e = [rho / (norm + eps) * gi * (q * q if adaptive else 1.0) for q, gi in zip(live, g)]
+        for q, ei in zip(live, e): q.add_(ei)
+    opt.zero_grad(set_to_none=True)
+    with _frozen_bn_statistics(model): loss_fn(run(x), y).backward()
+    with torch.no_grad():
+        gp = [q.grad for q in live]
+        n_new = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in gp]))
+        n_old = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in g]))
+        cos = sum((a * b).sum() for a, b in zip(g, gp)) / (n_new * n_old + eps)
+        for gi, t in zip(g, gp): t.sub_(alpha * (gi - cos * n_old * t / (n_new + eps)))
+        for q, ei in zip(live, e): q.sub_(ei)
+    opt.step()
+    return out, loss.detach()
+
+# %% ../nbs/05_buffers.ipynb #cell-033
 def _restore(cfg: ExpertConfig, data: RealData, state: dict, device):
     "(model, optimiser, shuffling generator, DSA) of an expert, as they were in `state`."
     model = model_for(data, cfg.model, width=cfg.width, depth=cfg.depth, norm=cfg.norm).to(device)
@@ -134,9 +183,12 @@ def _train_epoch(cfg, model, run, opt, gen, dsa, x_all, y_all, e: int) -> torch.
     for i in range(0, len(perm), cfg.batch_size):
         idx = perm[i:i + cfg.batch_size]
         x = dsa(x_all[idx]) if cfg.dsa else x_all[idx]
-        out = run(x)
-        loss = F.cross_entropy(out, y_all[idx])
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        if cfg.optimizer == 'gsam':
+            out, _ = gsam_step(model, run, x, y_all[idx], opt, rho=cfg.gsam_rho, alpha=cfg.gsam_alpha, adaptive=cfg.gsam_adaptive)
+        else:
+            out = run(x)
+            loss = F.cross_entropy(out, y_all[idx])
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         correct[idx] = (out.argmax(1) == y_all[idx]).cpu().to(torch.uint8)
     return correct
 
@@ -146,7 +198,7 @@ def _test_accuracy(model, run, data: RealData, device) -> float:
         return sum((run(data.test.images[j:j + 500].to(device)).argmax(1).cpu() == data.test.labels[j:j + 500]).sum().item()
                    for j in range(0, len(data.test), 500)) / len(data.test)
 
-# %% ../nbs/05_buffers.ipynb #cell-029
+# %% ../nbs/05_buffers.ipynb #cell-039
 def train_expert_epochs(cfg: ExpertConfig, data: RealData, state: dict, until: int, *, device='cpu', compile: bool = False,
                         on_epoch=None, bar=None) -> dict:
     "Continue an expert's training from `state` up to epoch `until`, calling `on_epoch(state)` after each epoch."
@@ -169,7 +221,7 @@ def train_expert_epochs(cfg: ExpertConfig, data: RealData, state: dict, until: i
         if on_epoch is not None: on_epoch(state)
     return state
 
-# %% ../nbs/05_buffers.ipynb #cell-033
+# %% ../nbs/05_buffers.ipynb #cell-043
 def _paths(folder: Path, i: int) -> dict:
     s = f'expert_{i:03d}'
     return {k: folder / f'{s}{suf}' for k, suf in
@@ -181,7 +233,7 @@ def _manifest(folder: Path) -> dict:
     try: return json.loads(p.read_text())
     except json.JSONDecodeError as e: raise DDError(f"buffer manifest {p} is corrupt ({e}); delete the folder {folder} to rebuild it.")
 
-# %% ../nbs/05_buffers.ipynb #cell-037
+# %% ../nbs/05_buffers.ipynb #cell-047
 def _finish_expert(cfg, folder, i, state):
     p = _paths(folder, i)
     snaps = torch.stack(state['snapshots']).numpy().astype(np.float32)
@@ -210,7 +262,7 @@ def _resume_state(cfg, data, folder, i, device):
         return st
     return new_expert_state(cfg, data, i, device)
 
-# %% ../nbs/05_buffers.ipynb #cell-039
+# %% ../nbs/05_buffers.ipynb #cell-049
 def _train_experts(cfg: ExpertConfig, folder: Path, todo: list, done: dict, data, device, compile: bool, progress: bool):
     "Train (or finish) the experts `todo` into `folder`; `done` holds the manifest entries of the complete ones."
     data = data or load_dataset(cfg.dataset, zca=cfg.zca, train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class)
@@ -230,7 +282,7 @@ def _train_experts(cfg: ExpertConfig, folder: Path, todo: list, done: dict, data
         atomic_save_json(folder / 'manifest.json', man)
     bar.close()
 
-# %% ../nbs/05_buffers.ipynb #cell-043
+# %% ../nbs/05_buffers.ipynb #cell-053
 def _expert_file_offset(folder: Path, manifest: dict, i: int, num_params: int) -> int:
     "Check expert i's `.npy` against the manifest (shape, dtype, size); returns the byte offset of its first row."
     path = _paths(folder, i)['npy']
@@ -245,7 +297,7 @@ def _expert_file_offset(folder: Path, manifest: dict, i: int, num_params: int) -
         raise DDError(f"expert file {path} is truncated ({size} bytes, expected {offset + 4 * want[0] * want[1]}); delete it and rebuild.")
     return offset
 
-# %% ../nbs/05_buffers.ipynb #cell-047
+# %% ../nbs/05_buffers.ipynb #cell-057
 class ExpertBuffer:
     "Lazy access to a folder of expert trajectories."
     def __init__(self, folder, *, num_experts: int | None = None, epochs: int | None = None, expected: dict | None = None):
@@ -268,7 +320,7 @@ class ExpertBuffer:
         self.num_params = man['experts'][str(self.experts[0])]['num_params']
         self._layout = {i: _expert_file_offset(self.folder, man, i, self.num_params) for i in self.experts}
 
-# %% ../nbs/05_buffers.ipynb #cell-052
+# %% ../nbs/05_buffers.ipynb #cell-062
 @patch
 def verify(self: ExpertBuffer):
     "Check every expert file against the SHA-256 recorded in the manifest."
@@ -290,7 +342,7 @@ def snapshot(self: ExpertBuffer, expert: int, epoch: int) -> torch.Tensor:
     if len(raw) != n: raise DDError(f"expert file {_paths(self.folder, expert)['npy']} is truncated.")
     return torch.frombuffer(bytearray(raw), dtype=torch.float32)
 
-# %% ../nbs/05_buffers.ipynb #cell-056
+# %% ../nbs/05_buffers.ipynb #cell-066
 @patch
 def pair(self: ExpertBuffer, expert: int, start: int, span: int):
     "(θ*_start, θ*_{start+span}) of one expert."
@@ -305,7 +357,7 @@ def sample(self: ExpertBuffer, generator: torch.Generator, max_start: int, span:
     t = int(torch.randint(min_start, max_start, (1,), generator=generator))
     return (e, t, *self.pair(e, t, span))
 
-# %% ../nbs/05_buffers.ipynb #cell-060
+# %% ../nbs/05_buffers.ipynb #cell-070
 @patch
 def trajectory(self: ExpertBuffer, expert: int) -> np.ndarray:
     "All snapshots of one expert (memory-mapped)."
@@ -335,7 +387,7 @@ def __repr__(self: ExpertBuffer):
     return (f"ExpertBuffer({self.folder.name}: {len(self)} experts × {self.epochs} epochs, {self.num_params:,} params, "
             f"{self.nbytes() / 2**20:.1f} MiB, {self.config['dataset']}/{self.config['model']})")
 
-# %% ../nbs/05_buffers.ipynb #cell-064
+# %% ../nbs/05_buffers.ipynb #cell-074
 def build_experts(cfg: ExpertConfig | str = 'quick', *, data: RealData | None = None, root=None, device='cpu',
                   compile: bool = False, progress: bool = True, **overrides) -> ExpertBuffer:
     "Train (or find in the cache) `cfg.num_experts` experts of `cfg.epochs` epochs; returns the buffer."
@@ -349,7 +401,28 @@ def build_experts(cfg: ExpertConfig | str = 'quick', *, data: RealData | None = 
         if todo: _train_experts(cfg, folder, todo, done, data, device, compile, progress)
     return ExpertBuffer(folder, num_experts=cfg.num_experts, epochs=cfg.epochs)
 
-# %% ../nbs/05_buffers.ipynb #cell-075
+# %% ../nbs/05_buffers.ipynb #cell-085
+def stand_in_buffer(cfg: ExpertConfig, data: RealData, folder, *, num_experts: int = 1, epochs: int | None = None,
+                    step: float = 1e-3) -> ExpertBuffer:
+    "A buffer shaped like `cfg`'s experts (real initial networks, random-walk snapshots) for timing and dry runs — never for results."
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    epochs = epochs or cfg.epochs
+    man = {'config': cfg.identity(), 'key': cfg.key, 'stand_in': True, 'environment': environment_info(),
+           'dataset': {'name': data.name, 'train': len(data.train), 'test': len(data.test), **data.normalisation()}, 'experts': {}}
+    for i in range(num_experts):
+        p = _paths(folder, i)
+        theta0 = new_expert_state(cfg, data, i)['snapshots'][0]
+        g = torch.Generator().manual_seed(_expert_seed(cfg, i))
+        walk = torch.randn(epochs, len(theta0), generator=g).mul_(step * float(theta0.abs().mean())).cumsum(0)
+        _write_npy(p['correct'], np.zeros((epochs, len(data.train)), np.uint8))
+        _write_npy(p['npy'], torch.cat([theta0[None], theta0 + walk]).numpy().astype(np.float32))
+        atomic_save_json(p['meta'], {'expert': i, 'epochs': epochs, 'num_params': len(theta0), 'sha256': sha256_file(p['npy']),
+                                     'train_acc': [], 'test_acc': [], 'seconds': 0.0, 'stand_in': True})
+        man['experts'][str(i)] = {'epochs': epochs, 'sha256': sha256_file(p['npy']), 'num_params': len(theta0)}
+    atomic_save_json(folder / 'manifest.json', man)
+    return ExpertBuffer(folder, num_experts=num_experts, epochs=epochs)
+
+# %% ../nbs/05_buffers.ipynb #cell-089
 def expert_curves(buf: ExpertBuffer) -> dict:
     "Per-expert train/test accuracy and distance from initialisation, per epoch."
     out = {'train_acc': [], 'test_acc': [], 'distance': []}
@@ -359,7 +432,7 @@ def expert_curves(buf: ExpertBuffer) -> dict:
         out['distance'].append([float(np.linalg.norm(traj[e] - traj[0])) for e in range(buf.epochs + 1)])
     return out
 
-# %% ../nbs/05_buffers.ipynb #cell-079
+# %% ../nbs/05_buffers.ipynb #cell-093
 def plot_experts(buf: ExpertBuffer, path=None):
     "Figure: accuracy and distance from initialisation per epoch (mean and every expert)."
     import matplotlib.pyplot as plt

@@ -12,17 +12,19 @@ from .config import LoopParts, Method
 from .matching import MTT_PARTS, preset_config, Distiller
 
 # %% auto #0
-__all__ = ['DATM_PARTS', 'DATM', 'MTT_PUBLISHED', 'DATM_PUBLISHED', 'PAPER_EXPERTS', 'expert_predictions',
-           'init_predicted_correctly', 'soft_label_init', 'paper_config']
+__all__ = ['DATM_PARTS', 'DATM', 'MTT_PUBLISHED', 'DATM_PUBLISHED', 'PAPER_EXPERTS', 'PIX_INIT', 'DATM_EVAL',
+           'expert_predictions', 'init_predicted_correctly', 'soft_label_init', 'soft_label_first_expert',
+           'paper_config']
 
 # %% ../nbs/09_datm.ipynb #cell-005
 @torch.no_grad()
 def expert_predictions(buffer, fm: FlatModel, images: torch.Tensor, experts=None, chunk: int = 500) -> torch.Tensor:
-    "Logits of the final snapshot of each expert: E×N×K."
+    "Logits of the final snapshot of each expert: E×N×K (computed on the network's device, returned on the images')."
+    dev = next(fm.module.parameters()).device
     out = []
     for e in (experts if experts is not None else list(buffer)):
-        theta = buffer.snapshot(e, buffer.epochs).to(images.device)
-        out.append(torch.cat([fm(theta, images[i:i + chunk]) for i in range(0, len(images), chunk)]))
+        theta = buffer.snapshot(e, buffer.epochs).to(dev)
+        out.append(torch.cat([fm(theta, images[i:i + chunk].to(dev)).to(images.device) for i in range(0, len(images), chunk)]))
     return torch.stack(out)
 
 def init_predicted_correctly(cfg, data, buffer, fm, gen):
@@ -47,11 +49,17 @@ def soft_label_init(images, labels, buffer, fm: FlatModel) -> torch.Tensor:
     return ((logits * w.unsqueeze(-1)).sum(0) / w.sum(0).unsqueeze(-1)).detach().clone()
 
 # %% ../nbs/09_datm.ipynb #cell-009
-DATM_PARTS = LoopParts(initialisers={'samples_predicted_correctly': init_predicted_correctly}, label_modes={'soft': soft_label_init})
+def soft_label_first_expert(images, labels, buffer, fm: FlatModel) -> torch.Tensor:
+    "Initial soft-label logits (N×K): the logits of the first expert's final snapshot (DATM with `pix_init: real`)."
+    return expert_predictions(buffer, fm, images, experts=[buffer.experts[0]])[0].detach().clone()
+
+# %% ../nbs/09_datm.ipynb #cell-011
+DATM_PARTS = LoopParts(initialisers={'samples_predicted_correctly': init_predicted_correctly},
+                       label_modes={'soft': soft_label_init, 'soft_first_expert': soft_label_first_expert})
 DATM = Method('datm', 'DATM', base='mtt', options=dict(label_mode='soft', init='samples_predicted_correctly', threshold=1.1, lr_y=5.0),
               about='difficulty-aligned trajectory matching (Guo et al., ICLR 2024)')
 
-# %% ../nbs/09_datm.ipynb #cell-011
+# %% ../nbs/09_datm.ipynb #cell-013
 MTT_PUBLISHED = {   # (dataset, ipc) → options
     ('cifar10', 1): dict(syn_steps=50, expert_epochs=2, max_start_epoch=2, lr_img=100, lr_lr=1e-07, lr_teacher=0.01, zca=True, batch_syn=None),
     ('cifar10', 10): dict(syn_steps=30, expert_epochs=2, max_start_epoch=20, lr_img=1000, lr_lr=1e-05, lr_teacher=0.001, zca=True, batch_syn=None),
@@ -63,20 +71,26 @@ MTT_PUBLISHED = {   # (dataset, ipc) → options
     ('tinyimagenet', 10): dict(syn_steps=20, expert_epochs=2, max_start_epoch=40, lr_img=10000, lr_lr=0.0001, lr_teacher=0.01, zca=False, batch_syn=200),
     ('tinyimagenet', 50): dict(syn_steps=20, expert_epochs=2, max_start_epoch=40, lr_img=10000, lr_lr=0.0001, lr_teacher=0.01, zca=False, batch_syn=300),
 }
-DATM_PUBLISHED = {  # (dataset, ipc) → options; current_max_start_epoch None = no sequential generation
-    ('cifar10', 1): dict(syn_steps=80, expert_epochs=2, lr_img=100, lr_lr=1e-07, lr_y=5, threshold=1.1, batch_syn=10, min_start_epoch=0, current_max_start_epoch=None, max_start_epoch=4, expansion_end_epoch=None),
-    ('cifar10', 10): dict(syn_steps=80, expert_epochs=2, lr_img=100, lr_lr=1e-05, lr_y=2, threshold=1.0, batch_syn=100, min_start_epoch=0, current_max_start_epoch=10, max_start_epoch=20, expansion_end_epoch=1000),
-    ('cifar10', 50): dict(syn_steps=80, expert_epochs=2, lr_img=1000, lr_lr=1e-05, lr_y=2, threshold=1.0, batch_syn=500, min_start_epoch=0, current_max_start_epoch=20, max_start_epoch=40, expansion_end_epoch=2000),
-    ('cifar100', 1): dict(syn_steps=40, expert_epochs=3, lr_img=1000, lr_lr=1e-05, lr_y=10, threshold=1.0, batch_syn=1000, min_start_epoch=0, current_max_start_epoch=10, max_start_epoch=20, expansion_end_epoch=None),
-    ('cifar100', 10): dict(syn_steps=80, expert_epochs=2, lr_img=1000, lr_lr=1e-05, lr_y=10, threshold=1.0, batch_syn=1000, min_start_epoch=0, current_max_start_epoch=30, max_start_epoch=50, expansion_end_epoch=None),
-    ('cifar100', 50): dict(syn_steps=80, expert_epochs=2, lr_img=1000, lr_lr=1e-05, lr_y=10, threshold=1.0, batch_syn=1000, min_start_epoch=20, current_max_start_epoch=None, max_start_epoch=70, expansion_end_epoch=None),
-    ('tinyimagenet', 1): dict(syn_steps=40, expert_epochs=2, lr_img=10000, lr_lr=0.0001, lr_y=10, threshold=1.0, batch_syn=1000, min_start_epoch=0, current_max_start_epoch=15, max_start_epoch=20, expansion_end_epoch=None),
-    ('tinyimagenet', 10): dict(syn_steps=40, expert_epochs=2, lr_img=100, lr_lr=0.0001, lr_y=10, threshold=1.0, batch_syn=500, min_start_epoch=10, current_max_start_epoch=None, max_start_epoch=50, expansion_end_epoch=None),
-    ('tinyimagenet', 50): dict(syn_steps=20, expert_epochs=2, lr_img=100, lr_lr=0.0001, lr_y=10, threshold=1.0, batch_syn=1000, min_start_epoch=40, current_max_start_epoch=None, max_start_epoch=70, expansion_end_epoch=None),
+DATM_PUBLISHED = {  # (dataset, ipc) → options (DATM's configs/*/ConvIN/IPC*.yaml); current_max_start_epoch None = no sequential generation
+    ('cifar10', 1): dict(syn_steps=80, expert_epochs=2, lr_img=100, lr_lr=1e-07, lr_y=5, threshold=1.1, batch_syn=10, min_start_epoch=0, current_max_start_epoch=None, max_start_epoch=4, expansion_end_epoch=None, pix_init='samples_predicted_correctly'),
+    ('cifar10', 10): dict(syn_steps=80, expert_epochs=2, lr_img=100, lr_lr=1e-05, lr_y=2, threshold=1.0, batch_syn=100, min_start_epoch=0, current_max_start_epoch=10, max_start_epoch=20, expansion_end_epoch=1000, pix_init='samples_predicted_correctly'),
+    ('cifar10', 50): dict(syn_steps=80, expert_epochs=2, lr_img=1000, lr_lr=1e-05, lr_y=2, threshold=1.0, batch_syn=500, min_start_epoch=0, current_max_start_epoch=20, max_start_epoch=40, expansion_end_epoch=2000, pix_init='samples_predicted_correctly'),
+    ('cifar10', 500): dict(syn_steps=40, expert_epochs=2, lr_img=50, lr_lr=1e-05, lr_y=10, threshold=1.0, batch_syn=1000, min_start_epoch=40, current_max_start_epoch=None, max_start_epoch=60, expansion_end_epoch=None, pix_init='samples_predicted_correctly'),
+    ('cifar10', 1000): dict(syn_steps=100, expert_epochs=2, lr_img=50, lr_lr=1e-05, lr_y=10, threshold=1.0, batch_syn=1000, min_start_epoch=40, current_max_start_epoch=None, max_start_epoch=60, expansion_end_epoch=None, pix_init='samples_predicted_correctly'),
+    ('cifar100', 1): dict(syn_steps=40, expert_epochs=3, lr_img=1000, lr_lr=1e-05, lr_y=10, threshold=1.0, batch_syn=1000, min_start_epoch=0, current_max_start_epoch=10, max_start_epoch=20, expansion_end_epoch=1000, pix_init='samples_predicted_correctly'),
+    ('cifar100', 10): dict(syn_steps=80, expert_epochs=2, lr_img=1000, lr_lr=1e-05, lr_y=10, threshold=1.0, batch_syn=1000, min_start_epoch=0, current_max_start_epoch=30, max_start_epoch=50, expansion_end_epoch=2000, pix_init='samples_predicted_correctly'),
+    ('cifar100', 50): dict(syn_steps=80, expert_epochs=2, lr_img=1000, lr_lr=1e-05, lr_y=10, threshold=1.0, batch_syn=1000, min_start_epoch=20, current_max_start_epoch=None, max_start_epoch=70, expansion_end_epoch=None, pix_init='real'),
+    ('cifar100', 100): dict(syn_steps=80, expert_epochs=2, lr_img=50, lr_lr=1e-05, lr_y=10, threshold=1.0, batch_syn=1000, min_start_epoch=30, current_max_start_epoch=None, max_start_epoch=70, expansion_end_epoch=None, pix_init='samples_predicted_correctly'),
+    ('tinyimagenet', 1): dict(syn_steps=40, expert_epochs=2, lr_img=10000, lr_lr=0.0001, lr_y=10, threshold=1.0, batch_syn=1000, min_start_epoch=0, current_max_start_epoch=15, max_start_epoch=20, expansion_end_epoch=2000, pix_init='samples_predicted_correctly'),
+    ('tinyimagenet', 10): dict(syn_steps=40, expert_epochs=2, lr_img=100, lr_lr=0.0001, lr_y=10, threshold=1.0, batch_syn=500, min_start_epoch=10, current_max_start_epoch=None, max_start_epoch=50, expansion_end_epoch=None, pix_init='samples_predicted_correctly'),
+    ('tinyimagenet', 50): dict(syn_steps=20, expert_epochs=2, lr_img=100, lr_lr=0.0001, lr_y=10, threshold=1.0, batch_syn=1000, min_start_epoch=40, current_max_start_epoch=None, max_start_epoch=70, expansion_end_epoch=None, pix_init='samples_predicted_correctly'),
 }
-PAPER_EXPERTS = {'cifar10': 'mtt-cifar10', 'cifar100': 'mtt-cifar100', 'tinyimagenet': 'mtt-tiny'}
+PAPER_EXPERTS = {'mtt': {'cifar10': 'mtt-cifar10', 'cifar100': 'mtt-cifar100', 'tinyimagenet': 'mtt-tiny'},
+                 'datm': {'cifar10': 'datm-cifar10', 'cifar100': 'datm-cifar100', 'tinyimagenet': 'datm-tiny'}}
+PIX_INIT = {'samples_predicted_correctly': ('samples_predicted_correctly', 'soft'), 'real': ('real', 'soft_first_expert')}  # → (init, label_mode)
+DATM_EVAL = {'batch_size': 128}      # DATM's evaluation: its configs' batch_train (the rest is MTT's protocol)
 
-# %% ../nbs/09_datm.ipynb #cell-013
+# %% ../nbs/09_datm.ipynb #cell-015
 def paper_config(method: str, dataset: str, ipc: int) -> dict:
     "Published hyperparameters of MTT or DATM at (dataset, ipc), as options of the loop (the method's options included)."
     check_choice('method', method, ['mtt', 'datm'])
@@ -84,11 +98,12 @@ def paper_config(method: str, dataset: str, ipc: int) -> dict:
     if (dataset, ipc) not in table:
         raise DDError(f"no published {method} hyperparameters for dataset={dataset!r}, ipc={ipc}; known: {sorted(table)}.")
     row = dict(table[dataset, ipc]); row['lr_img'] = float(row['lr_img'])
-    experts = PAPER_EXPERTS[dataset]
+    experts = PAPER_EXPERTS[method][dataset]
     if method == 'mtt':
         if dataset == 'cifar10' and not row['zca']: experts = 'mtt-cifar10-nozca'
         return dict(dataset=dataset, ipc=ipc, experts=experts, **row, iterations=5000, eval_protocol='mtt')
     row['lr_y'] = float(row['lr_y'])
-    return dict(DATM.options, dataset=dataset, ipc=ipc, experts=experts, **row, zca=dataset != 'tinyimagenet',
+    init, label_mode = PIX_INIT[row.pop('pix_init')]
+    return dict(DATM.options, dataset=dataset, ipc=ipc, experts=experts, **row, init=init, label_mode=label_mode, zca=True,
                 start_sampler='sequential' if row['current_max_start_epoch'] is not None else 'uniform',
-                iterations=10000, eval_protocol='mtt', lr_teacher=0.01)
+                iterations=10000, eval_protocol='mtt', eval_overrides=dict(DATM_EVAL), lr_teacher=0.01)

@@ -26,7 +26,7 @@ __all__ = ['AUGMENTS', 'SCHEDULES', 'PROTOCOLS', 'EvalProtocol', 'protocol', 'lr
            'plot_image_grid']
 
 # %% ../nbs/04_evaluate.ipynb #cell-005
-AUGMENTS = ['dsa', 'crop_flip', 'combined', 'none']
+AUGMENTS = ['dsa', 'crop_flip', 'combined', 'combined_batch', 'none']
 SCHEDULES = ['step', 'cosine', 'constant']
 
 @dataclass
@@ -82,13 +82,13 @@ def soft_cross_entropy(logits, target):
 
 # %% ../nbs/04_evaluate.ipynb #cell-018
 def augment_batch(x, how: str, dsa: DSA, gen: torch.Generator, is_real=None):
-    "Augment one training batch as the protocol says: DSA, crop+flip, 'combined' (crop+flip on the real images of `is_real`, DSA on the rest) or none."
+    "Augment one training batch as the protocol says: DSA, crop+flip, 'combined' (crop+flip on the real images of `is_real`, DSA on the rest, drawn per image; 'combined_batch': one DSA draw for the batch) or none."
     if how == 'none': return x
     if how == 'dsa': return dsa(x)
     if how == 'crop_flip': return crop_flip(x, gen)
     out = x.clone()
     real = is_real if is_real is not None else torch.zeros(len(x), dtype=torch.bool)
-    if (~real).any(): out[~real] = dsa(x[~real])
+    if (~real).any(): out[~real] = dsa.per_image(x[~real]) if how == 'combined' else dsa(x[~real])
     if real.any(): out[real] = crop_flip(x[real], gen)
     return out
 
@@ -138,6 +138,10 @@ def train_module(images, labels, data: RealData, p: EvalProtocol, lr: float, *, 
     return model.eval()
 
 # %% ../nbs/04_evaluate.ipynb #cell-030
+def _has_dropout(module) -> bool:
+    "Whether `module` has an active dropout layer (random in training mode: vmapped runs would share its draws)."
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules())
+
 def _stack_models(data: RealData, p: EvalProtocol, seed: int, runs, device):
     "(module, {parameter name: tensor runs × shape}) of the runs' freshly initialised networks."
     models = []
@@ -145,6 +149,7 @@ def _stack_models(data: RealData, p: EvalProtocol, seed: int, runs, device):
         torch.manual_seed(seed * 1000 + r); models.append(model_for(data, p.model, width=p.width))
     base = models[0].to(device)
     if has_batch_norm(base): raise DDError(f"model={p.model!r} has batch norm; use train_module (batched=False).")
+    if _has_dropout(base): raise DDError(f"model={p.model!r} has dropout; use train_module (batched=False).")
     names = [n for n, _ in base.named_parameters()]
     return base, {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).to(device) for n in names}
 
@@ -233,7 +238,8 @@ def _train_and_test(images, labels, data: RealData, p: EvalProtocol, *, set_lr, 
     lr = p.lr if p.lr is not None else set_lr
     if lr is None: raise DDError("the protocol has lr=None (use the learned step size) but no set_lr was given.")
     if batched is None: batched = str(device).startswith('cuda')     # vmap pays off on a GPU; on a CPU it measured 2–4× slower
-    stacked = batched and not has_batch_norm(model_for(data, p.model, width=p.width))
+    probe = model_for(data, p.model, width=p.width)
+    stacked = batched and not has_batch_norm(probe) and not _has_dropout(probe)
     test_x, test_y = data.test.images.to(device), data.test.labels.to(device)
     with tqdm(total=p.epochs * p.runs, desc=f'evaluate {p.model} ×{p.runs}', disable=not progress, leave=False) as bar:
         if stacked:

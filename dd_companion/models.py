@@ -13,8 +13,9 @@ from torch.func import functional_call
 from .core import DDError, check_choice
 
 # %% auto #0
-__all__ = ['NORMS', 'MODELS', 'norm_layer', 'ConvNet', 'BasicBlock', 'ResNet18', 'VGG11', 'AlexNet', 'build_model', 'model_for',
-           'has_batch_norm', 'FlatModel']
+__all__ = ['NORMS', 'VGG_CONFIGS', 'MODELS', 'norm_layer', 'ConvNet', 'BasicBlock', 'Bottleneck', 'ResNet', 'ResNet18', 'VGG',
+           'VGG11', 'AlexNet', 'ShiftedPatchTokens', 'LocalitySelfAttention', 'TransformerBlock', 'ViT', 'build_model',
+           'model_for', 'has_batch_norm', 'FlatModel']
 
 # %% ../nbs/02_models.ipynb #cell-005
 NORMS = ['instance', 'batch', 'none']
@@ -49,6 +50,7 @@ class ConvNet(nn.Module):
 # %% ../nbs/02_models.ipynb #cell-013
 class BasicBlock(nn.Module):
     "ResNet basic block: two 3×3 conv → norm layers plus a (projected when needed) shortcut."
+    expansion = 1
     def __init__(self, cin, cout, stride, norm):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False); self.bn1 = norm_layer(norm, cout)
@@ -62,29 +64,55 @@ class BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 # %% ../nbs/02_models.ipynb #cell-017
-class ResNet18(nn.Module):
-    "ResNet-18 with the CIFAR stem (a 2×2 max-pool added at 64×64); batch norm by default."
-    def __init__(self, channels=3, num_classes=10, image_size=32, norm='batch'):
+class Bottleneck(nn.Module):
+    "ResNet bottleneck block: 1×1 → 3×3 (strided) → 1×1 (×4 channels) conv → norm layers plus a shortcut."
+    expansion = 4
+    def __init__(self, cin, planes, stride, norm):
         super().__init__()
-        stem = [nn.Conv2d(channels, 64, 3, 1, 1, bias=False), norm_layer(norm, 64), nn.ReLU()]
-        if image_size >= 64: stem.append(nn.MaxPool2d(2))
+        cout = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False); self.bn1 = norm_layer(norm, planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False); self.bn2 = norm_layer(norm, planes)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False); self.bn3 = norm_layer(norm, cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm_layer(norm, cout))
+    def forward(self, x):
+        "relu(norm(conv3(relu(norm(conv2(relu(norm(conv1(x)))))))) + shortcut(x))."
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+# %% ../nbs/02_models.ipynb #cell-020
+class ResNet(nn.Module):
+    "ResNet with the CIFAR stem (a stride-2 stem convolution at 64×64): `layers` blocks of `block` per stage; batch norm by default."
+    def __init__(self, channels=3, num_classes=10, image_size=32, norm='batch', block=BasicBlock, layers=(2, 2, 2, 2)):
+        super().__init__()
+        stem = [nn.Conv2d(channels, 64, 3, 2 if image_size >= 64 else 1, 1, bias=False), norm_layer(norm, 64), nn.ReLU()]
         blocks, cin = [], 64
-        for i, cout in enumerate([64, 128, 256, 512]):
-            for j in range(2):
-                blocks.append(BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1, norm)); cin = cout
+        for i, planes in enumerate([64, 128, 256, 512]):
+            for j in range(layers[i]):
+                blocks.append(block(cin, planes, 2 if (j == 0 and i > 0) else 1, norm)); cin = planes * block.expansion
         self.features = nn.Sequential(*stem, *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.feature_dim = 512
-        self.classifier = nn.Linear(512, num_classes)
+        self.feature_dim = cin
+        self.classifier = nn.Linear(cin, num_classes)
     forward = ConvNet.forward
 
-# %% ../nbs/02_models.ipynb #cell-021
-class VGG11(nn.Module):
-    "VGG-11 (configuration A) with a norm layer after each conv and a global average pool; instance norm by default."
-    cfg = [64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M']
-    def __init__(self, channels=3, num_classes=10, image_size=32, norm='instance'):
+class ResNet18(ResNet):
+    "ResNet-18: basic blocks [2, 2, 2, 2]."
+    def __init__(self, channels=3, num_classes=10, image_size=32, norm='batch'):
+        super().__init__(channels, num_classes, image_size, norm, BasicBlock, (2, 2, 2, 2))
+
+# %% ../nbs/02_models.ipynb #cell-026
+VGG_CONFIGS = {'VGG11': [64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'],
+               'VGG16': [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M']}
+
+class VGG(nn.Module):
+    "VGG (configuration `config` of `VGG_CONFIGS`) with a norm layer after each conv and a global average pool."
+    def __init__(self, channels=3, num_classes=10, image_size=32, norm='instance', config='VGG11'):
         super().__init__()
+        check_choice('VGG configuration', config, VGG_CONFIGS)
         layers, c = [], channels
-        for v in self.cfg:
+        for v in VGG_CONFIGS[config]:
             if v == 'M': layers.append(nn.MaxPool2d(2))
             else: layers += [nn.Conv2d(c, v, 3, padding=1), norm_layer(norm, v), nn.ReLU()]; c = v
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -92,7 +120,12 @@ class VGG11(nn.Module):
         self.classifier = nn.Linear(512, num_classes)
     forward = ConvNet.forward
 
-# %% ../nbs/02_models.ipynb #cell-025
+class VGG11(VGG):
+    "VGG-11 (configuration A); instance norm by default."
+    def __init__(self, channels=3, num_classes=10, image_size=32, norm='instance'):
+        super().__init__(channels, num_classes, image_size, norm, 'VGG11')
+
+# %% ../nbs/02_models.ipynb #cell-030
 class AlexNet(nn.Module):
     "A CIFAR-sized AlexNet: five convolutions with ReLU and max-pools, no normalisation, pooled to 4×4."
     def __init__(self, channels=3, num_classes=10, image_size=32):
@@ -108,8 +141,87 @@ class AlexNet(nn.Module):
         self.classifier = nn.Linear(self.feature_dim, num_classes)
     forward = ConvNet.forward
 
-# %% ../nbs/02_models.ipynb #cell-029
-MODELS = ['ConvNet', 'ConvNetBN', 'ConvNetD4', 'ResNet18', 'ResNet18IN', 'VGG11', 'AlexNet']
+# %% ../nbs/02_models.ipynb #cell-034
+class ShiftedPatchTokens(nn.Module):
+    "Shifted patch tokenisation: the image and its 4 diagonal one-pixel shifts, cut into `patch`² patches, normalised and embedded."
+    def __init__(self, channels: int, patch: int, dim: int):
+        super().__init__()
+        self.patch = patch
+        self.norm = nn.LayerNorm(5 * channels * patch * patch)
+        self.proj = nn.Linear(5 * channels * patch * patch, dim)
+    def forward(self, x):
+        "N×C×H×W images → N × (H/p·W/p) × dim tokens."
+        shifts = ((1, -1, 0, 0), (-1, 1, 0, 0), (0, 0, 1, -1), (0, 0, -1, 1))   # right, left, down, up by one pixel
+        x = torch.cat([x, *(F.pad(x, s) for s in shifts)], 1)
+        n, c, h, w = x.shape
+        p = self.patch
+        x = x.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(n, (h // p) * (w // p), p * p * c)
+        return self.proj(self.norm(x))
+
+# %% ../nbs/02_models.ipynb #cell-038
+class LocalitySelfAttention(nn.Module):
+    "Multi-head self-attention with a learned temperature and the diagonal masked out (no token attends to itself)."
+    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(dim_head ** -0.5)))
+        self.qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
+        self.out = nn.Sequential(nn.Linear(heads * dim_head, dim), nn.Dropout(dropout))
+    def weights(self, x):
+        "(attention weights N×heads×T×T, values N×heads×T×dim_head) of the tokens `x` (N×T×dim)."
+        n, t, _ = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-1, -2)) * self.log_temperature.exp()
+        scores = scores.masked_fill(torch.eye(t, dtype=torch.bool, device=x.device), torch.finfo(scores.dtype).min)
+        return scores.softmax(-1), v
+    def forward(self, x):
+        "N×T×dim → N×T×dim."
+        w, v = self.weights(x)
+        return self.out((w @ v).transpose(1, 2).reshape(len(x), x.shape[1], -1))
+
+class TransformerBlock(nn.Module):
+    "x + attention(norm(x)), then x + MLP(norm(x)) (GELU, dropout)."
+    def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int, dropout: float):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), LocalitySelfAttention(dim, heads, dim_head, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim), nn.Dropout(dropout))
+    def forward(self, x):
+        "One pre-norm transformer block."
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+# %% ../nbs/02_models.ipynb #cell-042
+class _ViTBody(nn.Module):
+    def __init__(self, channels, image_size, patch, dim, depth, heads, dim_head, mlp_dim, dropout, emb_dropout):
+        super().__init__()
+        if image_size % patch: raise DDError(f"ViT patches of {patch} pixels need image_size divisible by {patch}, got {image_size}.")
+        self.tokens = ShiftedPatchTokens(channels, patch, dim)
+        self.pos = nn.Parameter(torch.randn(1, (image_size // patch) ** 2 + 1, dim))
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.dropout = nn.Dropout(emb_dropout)
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, dim_head, mlp_dim, dropout) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+    def forward(self, x):
+        t = self.tokens(x)
+        t = torch.cat([self.cls.expand(len(t), -1, -1), t], 1) + self.pos[:, :t.shape[1] + 1]
+        return self.norm(self.blocks(self.dropout(t))[:, 0])
+
+class ViT(nn.Module):
+    "A small vision transformer (shifted patch tokens, locality self-attention); the authors' sizes by default."
+    def __init__(self, channels=3, num_classes=10, image_size=32, *, patch: int | None = None, dim: int = 512, depth: int = 6,
+                 heads: int = 8, dim_head: int = 64, mlp_dim: int = 512, dropout: float = 0.1, emb_dropout: float = 0.1):
+        super().__init__()
+        self.features = _ViTBody(channels, image_size, patch or max(1, image_size // 8), dim, depth, heads, dim_head, mlp_dim,
+                                 dropout, emb_dropout)
+        self.feature_dim = dim
+        self.classifier = nn.Linear(dim, num_classes)
+    forward = ConvNet.forward
+
+# %% ../nbs/02_models.ipynb #cell-046
+MODELS = ['ConvNet', 'ConvNetBN', 'ConvNetD4', 'ResNet18', 'ResNet18IN', 'ResNet34', 'ResNet50', 'VGG11', 'VGG16BN', 'AlexNet', 'ViT']
+_RESNETS = {'ResNet18': (BasicBlock, (2, 2, 2, 2)), 'ResNet18IN': (BasicBlock, (2, 2, 2, 2)),
+            'ResNet34': (BasicBlock, (3, 4, 6, 3)), 'ResNet50': (Bottleneck, (3, 4, 6, 3))}
 
 def build_model(name: str = 'ConvNet', channels: int = 3, num_classes: int = 10, image_size: int = 32, *,
                 width: int = 128, depth: int | None = None, norm: str | None = None) -> nn.Module:
@@ -118,9 +230,13 @@ def build_model(name: str = 'ConvNet', channels: int = 3, num_classes: int = 10,
     if name.startswith('ConvNet'):
         d = depth or (4 if name == 'ConvNetD4' or image_size >= 64 else 3)
         return ConvNet(channels, num_classes, image_size, width, d, norm or ('batch' if name == 'ConvNetBN' else 'instance'))
-    if name.startswith('ResNet18'):
-        return ResNet18(channels, num_classes, image_size, norm or ('instance' if name == 'ResNet18IN' else 'batch'))
+    if name in _RESNETS:
+        n = norm or ('instance' if name.endswith('IN') else 'batch')
+        if name.startswith('ResNet18'): return ResNet18(channels, num_classes, image_size, n)
+        return ResNet(channels, num_classes, image_size, n, *_RESNETS[name])
     if name == 'VGG11': return VGG11(channels, num_classes, image_size, norm or 'instance')
+    if name == 'VGG16BN': return VGG(channels, num_classes, image_size, norm or 'batch', 'VGG16')
+    if name == 'ViT': return ViT(channels, num_classes, image_size)
     return AlexNet(channels, num_classes, image_size)
 
 def model_for(data, name: str = 'ConvNet', **kw) -> nn.Module:
@@ -128,12 +244,12 @@ def model_for(data, name: str = 'ConvNet', **kw) -> nn.Module:
     c, s, _ = data.image_shape
     return build_model(name, c, data.num_classes, s, **kw)
 
-# %% ../nbs/02_models.ipynb #cell-034
+# %% ../nbs/02_models.ipynb #cell-051
 def has_batch_norm(module: nn.Module) -> bool:
     "Whether `module` contains a batch-norm layer (of any dimension)."
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
-# %% ../nbs/02_models.ipynb #cell-037
+# %% ../nbs/02_models.ipynb #cell-054
 class FlatModel:
     "Run `module` with its parameters taken from a flat vector."
     def __init__(self, module: nn.Module):

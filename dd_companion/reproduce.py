@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dd_companion
 from .core import DDError, SCALES, check_choice, atomic_save_json, atomic_write_text, file_lock, notebooks_dir
-from .papers import reported_rows
+from .papers import reported_rows, format_paper_configurations
 from .report import (Registry, Task, plan, papermill_command, format_plan, results_json, default_out,
                                  default_runs, format_list, render_tables)
 
@@ -371,6 +371,7 @@ def reproduce(preset: str = 'lite', *, only=None, out=None, runs=None, jobs: int
     s.cached = [t.notebook for t in tasks if t.cached]
     if dry_run:
         print(format_plan(tasks, notes, preset=preset, out=s.out, runs=s.runs), file=file)
+        if preset == 'paper': print('\n' + format_paper_configurations(), file=file)    # every distillation the notebooks would run
         return s
     for p in registry.problems: _say(f'! {p}', file)
     for t in tasks:

@@ -18,13 +18,13 @@ from .evaluate import EvalProtocol, protocol, train_module, soft_cross_entropy, 
 from .config import LoopParts, Method, DistillConfig
 
 # %% auto #0
-__all__ = ['SCORE_KINDS', 'BETA_MODES', 'SELMATCH_PARTS', 'SELMATCH', 'PAPER_ALPHA_BETA', 'PAPER_IPCS', 'forgetting_events',
-           'computed_forgetting', 'sample_difficulty', 'hardest_first', 'window_start', 'Window', 'sliding_window',
-           'split_sizes', 'distill_mask', 'init_selmatch_window', 'selmatch_components', 'check_selmatch_options',
-           'subset_ratio', 'paper_eval_epochs', 'quick_eval_epochs', 'selmatch_protocol', 'FeatureSpace',
-           'nearest_distance', 'coverage_radius', 'coverage', 'test_set_difficulty', 'difficulty_groups',
-           'train_with_grad_norms', 'grad_norm_curves', 'CoverageTracker', 'tsne_2d', 'plot_tsne', 'paper_ratio',
-           'ratio_alpha_beta', 'paper_ipc_at', 'paper_config']
+__all__ = ['SCORE_KINDS', 'BETA_MODES', 'PARTIAL_INITS', 'SELMATCH_PARTS', 'SELMATCH', 'COMPONENTS', 'PAPER_ALPHA_BETA',
+           'PAPER_IPCS', 'forgetting_events', 'computed_forgetting', 'sample_difficulty', 'hardest_first',
+           'window_start', 'Window', 'sliding_window', 'split_sizes', 'distill_mask', 'init_selmatch_window',
+           'init_random_partial', 'selmatch_components', 'check_selmatch_options', 'subset_ratio', 'paper_eval_epochs',
+           'quick_eval_epochs', 'selmatch_protocol', 'FeatureSpace', 'nearest_distance', 'coverage_radius', 'coverage',
+           'test_set_difficulty', 'difficulty_groups', 'train_with_grad_norms', 'grad_norm_curves', 'CoverageTracker',
+           'tsne_2d', 'plot_tsne', 'paper_ratio', 'ratio_alpha_beta', 'paper_ipc_at', 'paper_config']
 
 # %% ../nbs/11_selmatch.ipynb #cell-005
 def forgetting_events(correct, never_learned: str = 'hardest') -> np.ndarray:
@@ -124,9 +124,17 @@ def init_selmatch_window(cfg, data, buffer, fm, gen):
     return (data.train.images[w.positions].clone(), data.train.labels[w.positions].clone(),
             {'train_positions': w.positions, 'distill_mask': mask, 'window_starts': w.starts, 'difficulty': scores[w.positions]})
 
+def init_random_partial(cfg, data, buffer, fm, gen):
+    "Random real images per class, split like SelMatch's window: the first IPC − ⌊α·IPC⌋ frozen (D_select), the rest distilled."
+    idx = data.sample_per_class(cfg.ipc, gen)
+    return (data.train.images[idx].clone(), data.train.labels[idx].clone(),
+            {'train_positions': idx, 'distill_mask': distill_mask(data.num_classes, cfg.ipc, cfg.sel_alpha)})
+
+PARTIAL_INITS = ('selmatch_window', 'random_partial')     # the initialisers whose sets are partly frozen
+
 def selmatch_components(cfg, data, buffer, fm, images, labels, extras, comps):
     "Component builder: partial update (only D_distill moves) and the real-image mark for 'combined' evaluation."
-    if cfg.init != 'selmatch_window': return
+    if cfg.init not in PARTIAL_INITS: return
     mask = extras['distill_mask'].to(images.device)
     comps.update_mask, comps.is_real = mask.clone(), ~mask
 
@@ -136,8 +144,8 @@ def check_selmatch_options(cfg: DistillConfig):
     check_choice('sel_beta_mode', cfg.sel_beta_mode, BETA_MODES); check_choice('sel_score', cfg.sel_score, SCORE_KINDS)
     if cfg.sel_beta_mode == 'fraction': check_range('sel_beta', cfg.sel_beta, 0, 1, why=" (with sel_beta_mode='fraction' β is a fraction of the class)")
 
-SELMATCH_PARTS = LoopParts(initialisers={'selmatch_window': init_selmatch_window}, checks=(check_selmatch_options,),
-                           builders=(selmatch_components,))
+SELMATCH_PARTS = LoopParts(initialisers={'selmatch_window': init_selmatch_window, 'random_partial': init_random_partial},
+                           checks=(check_selmatch_options,), builders=(selmatch_components,))
 
 # %% ../nbs/11_selmatch.ipynb #cell-027
 SELMATCH = Method('selmatch', 'SelMatch', base='mtt',
@@ -147,6 +155,10 @@ SELMATCH = Method('selmatch', 'SelMatch', base='mtt',
                   about='selection-based initialisation and partial updates (Lee & Chung, ICML 2024)')
 
 # %% ../nbs/11_selmatch.ipynb #cell-034
+COMPONENTS = {'mtt': dict(init='real'), 'random_partial': dict(init='random_partial'),
+              'window_full': dict(init='selmatch_window', sel_alpha=1.0), 'selmatch': dict(init='selmatch_window')}
+
+# %% ../nbs/11_selmatch.ipynb #cell-038
 def subset_ratio(data: RealData, ipc: int) -> float:
     "IPC as a fraction of the mean number of training images per class."
     return ipc * data.num_classes / len(data.train)
@@ -170,7 +182,7 @@ def selmatch_protocol(scale: str = 'quick', ratio: float = 0.1, **overrides) -> 
     name = base.pop('name')
     return protocol(name, **{**base, **overrides})
 
-# %% ../nbs/11_selmatch.ipynb #cell-039
+# %% ../nbs/11_selmatch.ipynb #cell-043
 class FeatureSpace:
     "Penultimate embedding (and logits) of an expert snapshot: the final one of the first expert by default."
     def __init__(self, buffer, data: RealData, expert: int | None = None, epoch: int | None = None, device='cpu', chunk: int = 500,
@@ -203,7 +215,7 @@ class FeatureSpace:
         return self._run(images.detach(), 'logits')
     __call__ = features
 
-# %% ../nbs/11_selmatch.ipynb #cell-041
+# %% ../nbs/11_selmatch.ipynb #cell-045
 def nearest_distance(queries: torch.Tensor, refs: torch.Tensor, exclude_self: bool = False, chunk: int = 1024,
                      query_labels=None, ref_labels=None) -> torch.Tensor:
     "Euclidean distance from every query to its nearest reference (optionally of the same label; optionally not itself)."
@@ -233,7 +245,7 @@ def coverage(test_features, syn_features, radius: float, groups: dict | None = N
     for name, m in (groups or {}).items(): out[name] = float(hit[torch.as_tensor(m, dtype=torch.bool)].float().mean())
     return out
 
-# %% ../nbs/11_selmatch.ipynb #cell-045
+# %% ../nbs/11_selmatch.ipynb #cell-049
 @torch.no_grad()
 def test_set_difficulty(buffer, data: RealData, experts=None, every: int = 1, device='cpu', calibration: int | None = 2000) -> dict:
     "Per test sample: 'learning_speed' difficulty (1 − fraction of expert snapshots right) and 'margin' difficulty (−mean final margin)."
@@ -260,7 +272,7 @@ def difficulty_groups(difficulty, tiebreak=None, hard_fraction: float = 0.5) -> 
     hard = torch.zeros(len(d), dtype=torch.bool); hard[torch.from_numpy(order[len(d) - n_hard:].copy())] = True
     return {'easy': ~hard, 'hard': hard}
 
-# %% ../nbs/11_selmatch.ipynb #cell-048
+# %% ../nbs/11_selmatch.ipynb #cell-052
 def _grad_norm(model, x, y) -> float:
     model.zero_grad(set_to_none=True)
     soft_cross_entropy(model(x), y).backward()
@@ -288,7 +300,7 @@ def grad_norm_curves(history: list) -> dict:
     return {'iteration': [h['iteration'] for h in rows], 'distill': [h['grad_norm_updated'] for h in rows],
             'select': [h['grad_norm_frozen'] for h in rows]}
 
-# %% ../nbs/11_selmatch.ipynb #cell-051
+# %% ../nbs/11_selmatch.ipynb #cell-055
 class CoverageTracker:
     "Distiller callback recording the coverage of the current synthetic set every `every` iterations."
     def __init__(self, space: FeatureSpace, test_features, radius: float, groups: dict | None = None, every: int = 10):
@@ -305,7 +317,7 @@ class CoverageTracker:
         if done % self.every == 0 or done == distiller.cfg.iterations:
             record['coverage'] = self.observe(distiller.images, done)['all']
 
-# %% ../nbs/11_selmatch.ipynb #cell-054
+# %% ../nbs/11_selmatch.ipynb #cell-058
 def tsne_2d(*feature_sets, seed: int = 0, perplexity: float = 30.0) -> list:
     "Joint 2-d t-SNE of several feature matrices; returns one N_i × 2 array per input."
     from sklearn.manifold import TSNE
@@ -331,7 +343,7 @@ def plot_tsne(ax, real_2d, real_labels, syn_2d, syn_labels, syn_frozen=None, cla
     ax.set_xticks([]); ax.set_yticks([]); ax.set_title(title, fontsize=9)
     return ax
 
-# %% ../nbs/11_selmatch.ipynb #cell-057
+# %% ../nbs/11_selmatch.ipynb #cell-061
 PAPER_ALPHA_BETA = {('cifar10', 250): (0.6, 0.5), ('cifar10', 500): (0.2, 0.3), ('cifar10', 1000): (0.1, 0.2), ('cifar10', 1500): (0.1, 0.2),
                     ('cifar100', 25): (0.8, 0.8), ('cifar100', 50): (0.6, 0.7), ('cifar100', 100): (0.3, 0.6), ('cifar100', 150): (0.2, 0.4),
                     ('tinyimagenet', 50): (0.6, 0.8), ('tinyimagenet', 100): (0.5, 0.7)}
@@ -354,7 +366,7 @@ def paper_ipc_at(dataset: str, ratio: float) -> int | None:
     if ds not in PAPER_IPCS: return None
     return min(PAPER_IPCS[ds], key=lambda ipc: abs(paper_ratio(ds, ipc) - ratio))
 
-# %% ../nbs/11_selmatch.ipynb #cell-059
+# %% ../nbs/11_selmatch.ipynb #cell-063
 def paper_config(method: str, dataset: str, ipc: int) -> dict:
     "SelMatch's published hyperparameters at (dataset, ipc) — or the same for the MTT baseline — as options of the loop."
     check_choice('method', method, ['selmatch', 'mtt'])
