@@ -5,7 +5,7 @@
 # %% ../nbs/05_buffers.ipynb #cell-002
 from __future__ import annotations
 import json, os, time
-from dataclasses import dataclass, asdict, field, fields, replace
+from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import (remove_stale_tmp, DDError, check_choice, check_range, atomic_write, atomic_save_json, atomic_torch_save,
+from .core import (remove_stale_tmp, DDError, check_choice, check_range, check_known, atomic_write, atomic_save_json, atomic_torch_save,
                                safe_torch_load, sha256_file, config_hash, buffers_dir, file_lock, environment_info, Timer)
 from .data import RealData, load_dataset, DATASETS
 from .models import model_for, FlatModel, MODELS
@@ -98,9 +98,7 @@ EXPERT_PRESETS = {
 def expert_config(preset: str = 'quick', **overrides) -> ExpertConfig:
     "A named expert preset with fields overridden (an unknown field is an error listing the known ones)."
     check_choice('expert preset', preset, EXPERT_PRESETS)
-    known = [f.name for f in fields(ExpertConfig)]
-    unknown = [k for k in overrides if k not in known]
-    if unknown: raise DDError(f"unknown expert option(s) {', '.join(map(repr, unknown))}; ExpertConfig has: {', '.join(known)}.")
+    check_known('expert option', overrides, ExpertConfig)
     return replace(EXPERT_PRESETS[preset], **overrides).validate()
 
 # %% ../nbs/05_buffers.ipynb #cell-019

@@ -14,7 +14,7 @@ import torch
 # %% auto #0
 __all__ = ['APP_NAME', 'PACKAGE_ROOT', 'SCALES', 'PARAM_TYPES', 'is_checkout', 'checkout_root', 'project_root', 'package_dir',
            'user_dirs', 'default_dirs', 'data_dir', 'downloads_dir', 'buffers_dir', 'runs_dir', 'figures_dir',
-           'notebooks_dir', 'DDError', 'check_choice', 'check_range', 'check_scale', 'atomic_write',
+           'notebooks_dir', 'DDError', 'check_choice', 'check_range', 'check_known', 'check_scale', 'atomic_write',
            'atomic_write_bytes', 'atomic_write_text', 'atomic_save_json', 'atomic_torch_save', 'atomic_savefig',
            'remove_stale_tmp', 'check_writable_dir', 'safe_torch_load', 'sha256_file', 'config_hash', 'set_seed',
            'peak_rss_mb', 'Timer', 'environment_info', 'default_device', 'file_lock', 'experiment_out', 'save_results',
@@ -117,6 +117,14 @@ def check_range(name: str, value, lo=None, hi=None, kind=(int, float), why: str 
         rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
         raise DDError(f"{name}={value!r} is outside the allowed range {rng}{why}.")
     return value
+
+def check_known(what: str, given, record) -> None:
+    "Raise `DDError` naming every key of `given` that is not a field of the dataclass `record`, listing its fields."
+    import dataclasses
+    known = [f.name for f in dataclasses.fields(record)]
+    unknown = [k for k in given if k not in known]
+    if unknown: raise DDError(f"unknown {what}{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                              f"{record.__name__} has: {', '.join(known)}.")
 
 # %% ../nbs/00_core.ipynb #cell-021
 SCALES = ('smoke', 'lite', 'quick', 'paper')

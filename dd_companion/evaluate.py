@@ -5,7 +5,7 @@
 # %% ../nbs/04_evaluate.ipynb #cell-002
 from __future__ import annotations
 import json, math, time
-from dataclasses import dataclass, asdict, field, fields, replace
+from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap, grad
 from tqdm.auto import tqdm
 
-from .core import DDError, check_choice, check_range, atomic_torch_save, safe_torch_load, set_seed
+from .core import DDError, check_choice, check_range, check_known, atomic_torch_save, safe_torch_load, set_seed
 from .data import RealData, load_dataset
 from .models import build_model, model_for, has_batch_norm, MODELS
 from .augment import DSA, crop_flip
@@ -63,9 +63,7 @@ PROTOCOLS = {
 def protocol(name: str = 'quick', **overrides) -> EvalProtocol:
     "A named protocol with fields overridden."
     check_choice('protocol', name, PROTOCOLS)
-    known = [f.name for f in fields(EvalProtocol)]
-    unknown = [k for k in overrides if k not in known]
-    if unknown: raise DDError(f"unknown evaluation option(s) {', '.join(map(repr, unknown))}; EvalProtocol has: {', '.join(known)}.")
+    check_known('evaluation option', overrides, EvalProtocol)
     return replace(PROTOCOLS[name], **overrides).validate()
 
 # %% ../nbs/04_evaluate.ipynb #cell-014

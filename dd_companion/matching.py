@@ -5,7 +5,7 @@
 # %% ../nbs/08_matching.ipynb #cell-002
 from __future__ import annotations
 import json, math, os, time
-from dataclasses import dataclass, asdict, field, replace, fields
+from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import (check_writable_dir, remove_stale_tmp, DDError, check_choice, check_range, check_scale,
+from .core import (check_writable_dir, remove_stale_tmp, DDError, check_choice, check_range, check_known, check_scale,
                                atomic_torch_save, atomic_save_json, safe_torch_load, runs_dir, environment_info, peak_rss_mb)
 from .data import RealData, load_dataset, DATASETS
 from .models import model_for, FlatModel, MODELS
@@ -387,7 +387,5 @@ def run(self: Distiller, iterations: int | None = None, evaluate: bool = True) -
 def preset_config(scale: str | None = 'quick', *, parts: LoopParts | None = None, **options) -> DistillConfig:
     "A validated configuration: the loop's preset at `scale` (None: no preset, the dataclass defaults), then `options`."
     if scale is not None: check_scale(scale, PRESETS)
-    names = {f.name for f in fields(DistillConfig)}
-    unknown = [k for k in options if k not in names]
-    if unknown: raise DDError(f"unknown option {unknown[0]!r}; DistillConfig has: {', '.join(sorted(names))}.")
+    check_known('option', options, DistillConfig)
     return validate(DistillConfig(**merge_options(PRESETS.get(scale, {}), options)), parts=parts)
