@@ -273,7 +273,11 @@ def _train_experts(cfg: ExpertConfig, folder: Path, todo: list, done: dict, data
         p = _paths(folder, i)
         state = _resume_state(cfg, data, folder, i, device)
         bar.set_description(f'expert {i + 1}/{cfg.num_experts}')
-        save = lambda st: atomic_torch_save(p['partial'], st)
+        def save(st, i=i):                       # a diverged epoch is never written: not as a checkpoint, not as an expert
+            if not torch.isfinite(st['snapshots'][-1]).all():
+                raise DDError(f"expert {i} diverged at epoch {st['epoch']}: its parameters are NaN/inf (lr={cfg.lr}, "
+                              f"optimizer={cfg.optimizer}); nothing of this expert was kept. Lower the experts' lr.")
+            atomic_torch_save(p['partial'], st)
         train_expert_epochs(cfg, data, state, cfg.epochs, device=device, compile=compile, on_epoch=save, bar=bar)
         meta = _finish_expert(cfg, folder, i, state)
         man['experts'][str(i)] = {'epochs': meta['epochs'], 'sha256': meta['sha256'], 'num_params': meta['num_params']}
@@ -328,11 +332,23 @@ def verify(self: ExpertBuffer):
             raise DDError(f"expert file {path} does not match its checksum: it is corrupt; delete it and rebuild.")
     return self
 
+_VERIFIED: set = set()      # (path, size, mtime) of expert files whose checksum this process has checked
+
+def _verify_once(path: Path, sha: str):
+    "Check an expert file's SHA-256 the first time this process reads it (again if the file changed since)."
+    st = path.stat(); key = (str(path), st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED: return
+    if sha256_file(path) != sha:
+        raise DDError(f"expert file {path} does not match the checksum in its manifest: it is corrupt, or was swapped or copied "
+                      f"from another buffer; delete it (and {path.parent / 'manifest.json'}) and rebuild.")
+    _VERIFIED.add(key)
+
 @patch
 def snapshot(self: ExpertBuffer, expert: int, epoch: int) -> torch.Tensor:
-    "θ of `expert` after `epoch` epochs (0 = initialisation), read with a single positioned read."
+    "θ of `expert` after `epoch` epochs (0 = initialisation), read with a single positioned read (the file checksummed once)."
     if expert not in self._layout: raise DDError(f"expert {expert} is not in the buffer (has {self.experts}).")
     check_range('epoch', epoch, 0, self.epochs, int, f' (the buffer holds epochs 0..{self.epochs})')
+    _verify_once(_paths(self.folder, expert)['npy'], self.manifest['experts'][str(expert)]['sha256'])
     n = 4 * self.num_params
     fd = os.open(_paths(self.folder, expert)['npy'], os.O_RDONLY)
     try: raw = os.pread(fd, n, self._layout[expert] + epoch * n)
@@ -340,7 +356,7 @@ def snapshot(self: ExpertBuffer, expert: int, epoch: int) -> torch.Tensor:
     if len(raw) != n: raise DDError(f"expert file {_paths(self.folder, expert)['npy']} is truncated.")
     return torch.frombuffer(bytearray(raw), dtype=torch.float32)
 
-# %% ../nbs/05_buffers.ipynb #cell-066
+# %% ../nbs/05_buffers.ipynb #cell-070
 @patch
 def pair(self: ExpertBuffer, expert: int, start: int, span: int):
     "(θ*_start, θ*_{start+span}) of one expert."
@@ -355,7 +371,7 @@ def sample(self: ExpertBuffer, generator: torch.Generator, max_start: int, span:
     t = int(torch.randint(min_start, max_start, (1,), generator=generator))
     return (e, t, *self.pair(e, t, span))
 
-# %% ../nbs/05_buffers.ipynb #cell-070
+# %% ../nbs/05_buffers.ipynb #cell-074
 @patch
 def trajectory(self: ExpertBuffer, expert: int) -> np.ndarray:
     "All snapshots of one expert (memory-mapped)."
@@ -385,7 +401,7 @@ def __repr__(self: ExpertBuffer):
     return (f"ExpertBuffer({self.folder.name}: {len(self)} experts × {self.epochs} epochs, {self.num_params:,} params, "
             f"{self.nbytes() / 2**20:.1f} MiB, {self.config['dataset']}/{self.config['model']})")
 
-# %% ../nbs/05_buffers.ipynb #cell-074
+# %% ../nbs/05_buffers.ipynb #cell-078
 def build_experts(cfg: ExpertConfig | str = 'quick', *, data: RealData | None = None, root=None, device='cpu',
                   compile: bool = False, progress: bool = True, **overrides) -> ExpertBuffer:
     "Train (or find in the cache) `cfg.num_experts` experts of `cfg.epochs` epochs; returns the buffer."
@@ -399,7 +415,7 @@ def build_experts(cfg: ExpertConfig | str = 'quick', *, data: RealData | None = 
         if todo: _train_experts(cfg, folder, todo, done, data, device, compile, progress)
     return ExpertBuffer(folder, num_experts=cfg.num_experts, epochs=cfg.epochs)
 
-# %% ../nbs/05_buffers.ipynb #cell-085
+# %% ../nbs/05_buffers.ipynb #cell-089
 def stand_in_buffer(cfg: ExpertConfig, data: RealData, folder, *, num_experts: int = 1, epochs: int | None = None,
                     step: float = 1e-3) -> ExpertBuffer:
     "A buffer shaped like `cfg`'s experts (real initial networks, random-walk snapshots) for timing and dry runs — never for results."
@@ -420,7 +436,7 @@ def stand_in_buffer(cfg: ExpertConfig, data: RealData, folder, *, num_experts: i
     atomic_save_json(folder / 'manifest.json', man)
     return ExpertBuffer(folder, num_experts=num_experts, epochs=epochs)
 
-# %% ../nbs/05_buffers.ipynb #cell-089
+# %% ../nbs/05_buffers.ipynb #cell-093
 def expert_curves(buf: ExpertBuffer) -> dict:
     "Per-expert train/test accuracy and distance from initialisation, per epoch."
     out = {'train_acc': [], 'test_acc': [], 'distance': []}
@@ -430,7 +446,7 @@ def expert_curves(buf: ExpertBuffer) -> dict:
         out['distance'].append([float(np.linalg.norm(traj[e] - traj[0])) for e in range(buf.epochs + 1)])
     return out
 
-# %% ../nbs/05_buffers.ipynb #cell-093
+# %% ../nbs/05_buffers.ipynb #cell-097
 def plot_experts(buf: ExpertBuffer, path=None):
     "Figure: accuracy and distance from initialisation per epoch (mean and every expert)."
     import matplotlib.pyplot as plt
