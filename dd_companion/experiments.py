@@ -24,10 +24,10 @@ from .methods import METHODS, Distiller, distill_config, method_label
 # %% auto #0
 __all__ = ['SELECTIONS', 'SET_METHODS', 'QUICK_DISTILL_PARAMS', 'load_data', 'dataset_for', 'experts_for', 'experiment_config',
            'validation_split', 'run_folder', 'distill_cached', 'seconds_per_iteration', 'evaluate_models', 'select_set',
-           'distill_and_evaluate', 'random_real_record', 'cost_ratios', 'summarise', 'table_rows_of', 'run_methods',
-           'export_sets', 'accuracy_bars', 'cost_benchmark', 'SynSet', 'make_set', 'evaluate_synset', 'table_distill',
-           'notebook_distill', 'table_experts', 'table_alpha_beta', 'table_protocol', 'distill_root', 'TableSetting',
-           'table_setting']
+           'run_record', 'distill_and_evaluate', 'random_real_record', 'cost_ratios', 'summarise', 'table_rows_of',
+           'run_methods', 'export_sets', 'accuracy_bars', 'cost_benchmark', 'SynSet', 'make_set', 'evaluate_synset',
+           'held_out_training', 'select_synset', 'table_distill', 'notebook_distill', 'table_experts',
+           'table_alpha_beta', 'table_protocol', 'distill_root', 'TableSetting', 'table_setting']
 
 # %% ../nbs/14_experiments.ipynb #cell-005
 @lru_cache(maxsize=8)
@@ -112,55 +112,79 @@ SELECTIONS = ['final', 'best-val', 'best-test']
 def select_set(d: Distiller, cfg: DistillConfig, select: str = 'final', *, val_per_class: int = 50, model: str = 'ConvNet',
                progress: bool = False) -> dict:
     """The set to report among the run's snapshots: the final one; the one with the best mean accuracy on a validation
-    split carved from the training images ('best-val'); or on the test images ('best-test': the papers' protocol, optimistic)."""
+    split carved from the training images ('best-val'); or on the test images ('best-test': the papers' protocol, optimistic).
+    With 'best-test' the chosen set's test evaluation is returned too (`test_eval`), so it is not trained again."""
     check_choice('select', select, SELECTIONS)
     kept = d.snapshots()
-    if select == 'final': return {**kept[-1], 'curve': []}
+    if select == 'final': return {**kept[-1], 'curve': [], 'test_eval': None}
     if len(kept) == 1:
         raise DDError(f"select={select!r} chooses among snapshots, but the run in {d.out_dir} kept none: distil with snapshot_every > 0 "
                       f"(a finished run is reused; delete its folder to rerun it with snapshots).")
     judge = validation_split(d.data, val_per_class) if select == 'best-val' else d.data
-    curve = []
-    for k in kept:
-        e = evaluate_models(k['images'], k['labels'], float(k['syn_lr']), judge, cfg, [model], d.comps.is_real, progress)[model]
-        curve.append({'iteration': k['iteration'], 'mean': e['mean'], 'accs': e['accs']})
+    scored = [evaluate_models(k['images'], k['labels'], float(k['syn_lr']), judge, cfg, [model], d.comps.is_real, progress)[model]
+              for k in kept]
+    curve = [{'iteration': k['iteration'], 'mean': e['mean'], 'accs': e['accs']} for k, e in zip(kept, scored)]
     best = max(range(len(kept)), key=lambda i: (curve[i]['mean'], curve[i]['iteration']))
-    return {**kept[best], 'curve': curve}
+    return {**kept[best], 'curve': curve, 'test_eval': scored[best] if select == 'best-test' else None}
 
-def distill_and_evaluate(cfg: DistillConfig, method: str, *, models=('ConvNet',), data: RealData | None = None, variant: str = '',
-                         resume: bool = True, root=None, progress: bool = False, select: str = 'final', val_per_class: int = 50) -> tuple:
-    """Distil `cfg` (a method named `method`), evaluate on `models`; returns (record, distiller). `select` says which set
-    is evaluated (`select_set`); the record says which (`select`: rule, iteration and the selection curve)."""
-    check_choice('select', select, SELECTIONS)
-    d = distill_cached(cfg, data=data, variant=variant, resume=resume, progress=progress, root=root)
+def run_record(d: Distiller, cfg: DistillConfig, method: str, variant: str = '') -> dict:
+    "The JSON-ready facts of a finished run: where it is, what the loss did, what it cost."
     hist = d.history
     tail = hist[-max(1, len(hist) // 10):]
-    rec = {'method': method, 'dataset': cfg.dataset, 'ipc': cfg.ipc, 'seed': cfg.seed, 'variant': variant, 'iterations': d.iteration,
-           'sec_per_it': seconds_per_iteration(hist), 'syn_lr': d.syn_lr.detach().item(), 'loss_tm_first': hist[0]['loss_tm'],
-           'loss_tm_last': float(np.mean([h['loss_tm'] for h in tail])), 'skipped': int(sum(h['skipped'] for h in hist)),
-           'folder': str(d.out_dir), 'config_key': cfg.key()}
-    protocols = {m: asdict(eval_protocol(cfg.eval_protocol, **{**cfg.eval_overrides, 'model': m})) for m in models}
-    extra = {} if select == 'final' else {'select': select, 'val_per_class': val_per_class if select == 'best-val' else None}
-    cache = d.out_dir / f"eval-{config_hash({'protocols': protocols, 'iteration': d.iteration, **extra})}.json"
-    if resume and cache.exists(): got = json.loads(cache.read_text())             # same set, same protocol: reuse
-    else:
-        chosen = select_set(d, cfg, select, val_per_class=val_per_class, model=models[0], progress=progress)
-        got = {'eval': evaluate_models(chosen['images'], chosen['labels'], float(chosen['syn_lr']), d.data, cfg, models,
-                                       d.comps.is_real, progress),
-               'select': {'rule': select, 'iteration': chosen['iteration'], 'curve': chosen['curve']}}
-        atomic_save_json(cache, got)
-    rec['eval'], rec['select'] = (got['eval'], got['select']) if 'select' in got else (got, {'rule': 'final', 'iteration': d.iteration, 'curve': []})
+    return {'method': method, 'dataset': cfg.dataset, 'ipc': cfg.ipc, 'seed': cfg.seed, 'variant': variant, 'iterations': d.iteration,
+            'sec_per_it': seconds_per_iteration(hist), 'syn_lr': d.syn_lr.detach().item(), 'loss_tm_first': hist[0]['loss_tm'],
+            'loss_tm_last': float(np.mean([h['loss_tm'] for h in tail])), 'skipped': int(sum(h['skipped'] for h in hist)),
+            'folder': str(d.out_dir), 'config_key': cfg.key()}
+
+def distill_and_evaluate(cfg: DistillConfig, method: str, *, models=('ConvNet',), data: RealData | None = None, variant: str = '',
+                         resume: bool = True, root=None, progress: bool = False, select: str = 'final', val_per_class: int = 50,
+                         eval_protocols=()) -> tuple:
+    """Distil `cfg` (a method named `method`) once and evaluate the set on `models` under each of `eval_protocols`
+    (default: `cfg`'s own); returns (record, distiller). The record's `eval` is the first protocol's, `evals` holds every
+    protocol's. `select` says which set is evaluated (`select_set`, judged under the first protocol); the record says
+    which (`select`: rule, iteration and the selection curve). Each evaluation is cached beside the run."""
+    check_choice('select', select, SELECTIONS)
+    d = distill_cached(cfg, data=data, variant=variant, resume=resume, progress=progress, root=root)
+    rec, chosen, evals = run_record(d, cfg, method, variant), None, {}
+    protos = list(dict.fromkeys(eval_protocols)) or [cfg.eval_protocol]
+    for i, p in enumerate(protos):
+        pcfg = replace(cfg, eval_protocol=p)
+        protocols = {m: asdict(eval_protocol(p, **{**cfg.eval_overrides, 'model': m})) for m in models}
+        extra = {} if select == 'final' else {'select': select, 'val_per_class': val_per_class if select == 'best-val' else None,
+                                              **({'chosen_by': protos[0]} if i else {})}
+        cache = d.out_dir / f"eval-{config_hash({'protocols': protocols, 'iteration': d.iteration, **extra})}.json"
+        got = json.loads(cache.read_text()) if resume and cache.exists() else None   # same set, same protocol: reuse
+        if got is not None and 'select' not in got:                                    # written before selection existed
+            got = {'eval': got, 'select': {'rule': 'final', 'iteration': d.iteration, 'curve': []}}
+        if got is None:
+            if chosen is None:
+                chosen = select_set(d, replace(cfg, eval_protocol=protos[0]), select, val_per_class=val_per_class, model=models[0],
+                                    progress=progress)
+            reuse = {models[0]: chosen['test_eval']} if chosen['test_eval'] is not None and i == 0 else {}
+            rest = [m for m in models if m not in reuse]
+            got = {'eval': {**reuse, **evaluate_models(chosen['images'], chosen['labels'], float(chosen['syn_lr']), d.data, pcfg, rest,
+                                                       d.comps.is_real, progress)},
+                   'select': {'rule': select, 'iteration': chosen['iteration'], 'curve': chosen['curve']}}
+            got['eval'] = {m: got['eval'][m] for m in models}
+            atomic_save_json(cache, got)
+        evals[p] = got['eval']
+        if i == 0: rec['select'] = got['select']
+    rec['eval'], rec['evals'] = evals[protos[0]], evals
     return rec, d
 
-def random_real_record(cfg: DistillConfig, *, models=('ConvNet',), data: RealData | None = None, progress: bool = False) -> dict:
-    "The random-real baseline for `cfg`'s dataset, IPC and seed, evaluated with `cfg`'s protocol at lr 0.01."
+def random_real_record(cfg: DistillConfig, *, models=('ConvNet',), data: RealData | None = None, progress: bool = False,
+                       eval_protocols=()) -> dict:
+    """The random-real baseline for `cfg`'s dataset, IPC and seed, evaluated at lr 0.01 under each of `eval_protocols`
+    (default: `cfg`'s own; `eval` is the first, `evals` every one)."""
     data = data if data is not None else dataset_for(cfg)
     x, y, _ = random_real_set(data, cfg.ipc, cfg.seed)
     cfg = replace(cfg, eval_overrides={**cfg.eval_overrides, 'lr': 0.01})
+    protos = list(dict.fromkeys(eval_protocols)) or [cfg.eval_protocol]
+    evals = {p: evaluate_models(x, y, 0.01, data, replace(cfg, eval_protocol=p), models, None, progress) for p in protos}
     return {'method': 'random', 'dataset': cfg.dataset, 'ipc': cfg.ipc, 'seed': cfg.seed, 'sec_per_it': None,
-            'eval': evaluate_models(x, y, 0.01, data, cfg, models, None, progress)}
+            'eval': evals[protos[0]], 'evals': evals}
 
-# %% ../nbs/14_experiments.ipynb #cell-024
+# %% ../nbs/14_experiments.ipynb #cell-026
 def cost_ratios(records: list, baseline: str = 'datm') -> dict:
     "{(dataset, ipc, method): mean seconds/iteration ÷ the baseline's} from records with 'sec_per_it'."
     by = {}
@@ -172,7 +196,7 @@ def cost_ratios(records: list, baseline: str = 'datm') -> dict:
         out[(ds, ipc, m)] = float(np.mean(v) / np.mean(base)) if base else None
     return out
 
-# %% ../nbs/14_experiments.ipynb #cell-026
+# %% ../nbs/14_experiments.ipynb #cell-028
 def summarise(records: list, *, model: str = 'ConvNet', baseline: str = 'datm', label=method_label, protocols=()) -> list:
     """Rows (one per dataset, IPC, method, in first-seen order) for `model`'s accuracy and the cost ratio; with
     `protocols`, a column of accuracy and of the std of seed means under each (from the records' `evals`)."""
@@ -204,29 +228,22 @@ def table_rows_of(records: list, models=None) -> list:
     return [{'method': meth, 'dataset': ds, 'ipc': ipc, 'model': m, 'accs': [a for accs in runs for a in accs], 'seeds': len(runs)}
             for (ds, ipc, meth, m), runs in groups.items()]
 
-# %% ../nbs/14_experiments.ipynb #cell-029
+# %% ../nbs/14_experiments.ipynb #cell-031
 def run_methods(scale: str, methods, *, datasets=('cifar10-mini',), ipcs=(1,), seeds=(0,), seeds_per_ipc: dict | None = None,
                 eval_runs: int = 0, eval_epochs: int = 0, iterations: int = 0, device: str = 'cpu', models=('ConvNet',),
                 resume: bool = True, report=print, eval_protocols=(), select: str = 'final', **overrides) -> tuple:
     """Records of every (dataset, IPC, seed, method) and the distillers by that key ('random' = the random-real baseline).
     With `eval_protocols`, every set is evaluated under each (one distillation): `eval` holds the first, `evals` all."""
     records, distillers = [], {}
-    protos = list(eval_protocols) or ['']
     for dataset in datasets:
         for ipc in ipcs:
             for seed in (seeds_per_ipc or {}).get(str(ipc), seeds):
                 for method in methods:
-                    evals = {}
-                    for p in protos:
-                        cfg = experiment_config(scale, 'datm' if method == 'random' else method, ipc=ipc, seed=seed, dataset=dataset,
-                                                eval_runs=eval_runs, eval_epochs=eval_epochs, iterations=iterations, device=device,
-                                                **({'eval_protocol': p} if p else {}), **overrides)
-                        if method == 'random': r = random_real_record(cfg, models=models)
-                        else: r, distillers[dataset, ipc, seed, method] = distill_and_evaluate(cfg, method, models=models, resume=resume,
-                                                                                               select=select)
-                        rec = rec if evals else r
-                        evals[p or cfg.eval_protocol] = r['eval']
-                    rec['evals'] = evals
+                    cfg = experiment_config(scale, 'datm' if method == 'random' else method, ipc=ipc, seed=seed, dataset=dataset,
+                                            eval_runs=eval_runs, eval_epochs=eval_epochs, iterations=iterations, device=device, **overrides)
+                    if method == 'random': rec = random_real_record(cfg, models=models, eval_protocols=eval_protocols)
+                    else: rec, distillers[dataset, ipc, seed, method] = distill_and_evaluate(cfg, method, models=models, resume=resume,
+                                                                                             select=select, eval_protocols=eval_protocols)
                     records.append(rec)
                     e = rec['eval'][models[0]]
                     if report: report(f"{dataset} IPC {ipc} seed {seed} {method_label(method):>14}: {100 * e['mean']:.1f} ± {100 * e['std']:.1f} %"
@@ -251,7 +268,7 @@ def accuracy_bars(ax, records: list, keys, *, field: str = 'method', labels=None
     ax.set(title=title, ylabel='test accuracy (%)')
     return ax
 
-# %% ../nbs/14_experiments.ipynb #cell-033
+# %% ../nbs/14_experiments.ipynb #cell-035
 def cost_benchmark(methods=('datm', 'datm+fusion', 'datm+update', 'datm-clr'), *, scale: str = 'smoke', iterations: int = 5,
                    baseline: str = 'datm', ipc: int = 1, seed: int = 0, **overrides) -> dict:
     "Median seconds per outer iteration of `methods`, measured interleaved, and their ratio to `baseline`."
@@ -268,7 +285,7 @@ def cost_benchmark(methods=('datm', 'datm+fusion', 'datm+update', 'datm-clr'), *
     return {'scale': scale, 'ipc': ipc, 'iterations': iterations, 'sec_per_it': sec,
             'ratio': {m: sec[m] / sec[baseline] for m in methods}, 'torch_threads': torch.get_num_threads()}
 
-# %% ../nbs/14_experiments.ipynb #cell-036
+# %% ../nbs/14_experiments.ipynb #cell-038
 SET_METHODS = ['random', 'window', 'mtt', 'selmatch']
 
 @dataclass
@@ -284,6 +301,8 @@ class SynSet:
     key: str = ''                         # the distillation configuration's key
     initial: torch.Tensor | None = None   # the images before distillation
     positions: torch.Tensor | None = None # training positions of the initial images
+    initial_lr: float | None = None       # the step size the distillation started from (distilled sets)
+    snapshots: list = field(default_factory=list)   # sets kept during the distillation (`snapshot_every`), before the final
 
 def _selection_set(method, data, ipc, beta, beta_mode, score, seed, buffer) -> SynSet:
     if method == 'random':
@@ -293,7 +312,7 @@ def _selection_set(method, data, ipc, beta, beta_mode, score, seed, buffer) -> S
         pos = w.positions; x, y = data.train.images[pos].clone(), data.train.labels[pos].clone()
     return SynSet(method, x, y, torch.ones(len(y), dtype=torch.bool), positions=pos, initial=x)
 
-# %% ../nbs/14_experiments.ipynb #cell-038
+# %% ../nbs/14_experiments.ipynb #cell-040
 def make_set(method: str, data: RealData, ipc: int, *, distill: dict | None = None, alpha: float = 0.2, beta: float = 0.3,
              beta_mode: str = 'fraction', score: str = 'cscore', seed: int = 0, buffer=None, root=None, resume: bool = True,
              progress: bool = False, callbacks=()) -> SynSet:
@@ -307,13 +326,47 @@ def make_set(method: str, data: RealData, ipc: int, *, distill: dict | None = No
     d = distill_cached(cfg, data=data, buffer=buffer, root=root, resume=resume, progress=progress, callbacks=callbacks)
     is_real = d.comps.is_real if d.comps.is_real is not None else torch.zeros(len(d.images), dtype=torch.bool)
     return SynSet(method, d.images.detach().clone(), d.labels.detach().clone(), is_real.clone(), d.syn_lr.detach().item(), list(d.history),
-                  float(sum(h['seconds'] for h in d.history)), cfg.key(), d.initial_images.clone(), d.init_extras.get('train_positions'))
+                  float(sum(h['seconds'] for h in d.history)), cfg.key(), d.initial_images.clone(), d.init_extras.get('train_positions'),
+                  float(cfg.lr_teacher), d.snapshots()[:-1] if cfg.snapshot_every else [])
 
 def evaluate_synset(s: SynSet, data: RealData, p: EvalProtocol, groups: dict | None = None, seed: int = 0, **overrides) -> dict:
     "`evaluate.evaluate_groups` of a SynSet (its `is_real` mark and learned step size), protocol fields overridable."
     return evaluate_groups(s.images, s.labels, data, replace(p, **overrides).validate(), groups, set_lr=s.syn_lr, seed=seed, is_real=s.is_real)
 
-# %% ../nbs/14_experiments.ipynb #cell-040
+# %% ../nbs/14_experiments.ipynb #cell-042
+def held_out_training(data: RealData, per_class: int = 50, exclude=None, seed: int = 0) -> RealData:
+    "The data whose test split is `per_class` random training images of every class outside the positions `exclude`."
+    keep = torch.ones(len(data.train), dtype=torch.bool)
+    if exclude is not None: keep[torch.as_tensor(exclude, dtype=torch.long)] = False
+    gen, held = torch.Generator().manual_seed(seed), []
+    for c in range(data.num_classes):
+        pool = (keep & (data.train.labels == c)).nonzero().flatten()
+        if len(pool) < per_class:
+            raise DDError(f"held_out_training: class {c} of {data.name} has {len(pool)} training images outside the set, "
+                          f"fewer than val_per_class={per_class}")
+        held.append(pool[torch.randperm(len(pool), generator=gen)[:per_class]])
+    return replace(data, test=_subset(data.train, torch.cat(held).sort().values))
+
+def select_synset(s: SynSet, data: RealData, p: EvalProtocol, select: str = 'final', *, val_per_class: int = 50, seed: int = 0,
+                  score_runs: int = 1, **overrides) -> tuple:
+    """(the set to report, the selection curve) among a distilled SynSet's starting set, snapshots and final set:
+    'final', 'best-val' (scored on `held_out_training` images) or 'best-test' (scored on the test images, the papers' way).
+    Candidates are scored with `score_runs` networks of protocol `p` (fields overridable, e.g. the augmentation)."""
+    check_choice('select', select, SELECTIONS)
+    if select == 'final' or s.syn_lr is None: return s, []
+    judge = held_out_training(data, val_per_class, s.positions, seed) if select == 'best-val' else data
+    cands = ([{'iteration': 0, 'images': s.initial, 'labels': s.labels, 'syn_lr': s.initial_lr}] if s.initial is not None else [])
+    cands += list(s.snapshots) + [{'iteration': len(s.history), 'images': s.images, 'labels': s.labels, 'syn_lr': s.syn_lr}]
+    curve = []
+    for c in cands:
+        e = evaluate_groups(c['images'], c['labels'], judge, replace(p, **{**overrides, 'runs': score_runs}).validate(),
+                            set_lr=float(c['syn_lr']), seed=seed, is_real=s.is_real)
+        curve.append({'iteration': int(c['iteration']), 'mean': e['mean'], 'accs': e['accs']})
+    best = max(range(len(cands)), key=lambda i: (curve[i]['mean'], curve[i]['iteration']))
+    c = cands[best]
+    return replace(s, images=c['images'], labels=c['labels'], syn_lr=float(c['syn_lr'])), curve
+
+# %% ../nbs/14_experiments.ipynb #cell-044
 QUICK_DISTILL_PARAMS = ('train_per_class', 'test_per_class', 'experts', 'iterations', 'syn_steps', 'batch_syn', 'expert_epochs',
                         'max_start_epoch', 'lr_img', 'lr_lr', 'lr_teacher')
 
@@ -331,7 +384,7 @@ def table_experts(distill: dict, data: RealData, progress: bool = False):
     "The expert buffer the MTT and SelMatch rows of `distill` match."
     return build_experts(distill_config('quick', 'selmatch', **distill).expert_cfg(), data=data, progress=progress)
 
-# %% ../nbs/14_experiments.ipynb #cell-042
+# %% ../nbs/14_experiments.ipynb #cell-046
 def table_alpha_beta(dataset: str, ipc: int, ratio: float, alphas=(), betas=(), index: int = 0) -> tuple:
     "(α, β): explicit per-IPC lists win; else the published (dataset, IPC) values; else CIFAR-10's for the nearest ratio."
     a, b = PAPER_ALPHA_BETA.get((dataset, ipc)) or ratio_alpha_beta(ratio, 'cifar10')
@@ -348,7 +401,7 @@ def distill_root(distill_dir: str, out):
     if distill_dir == 'shared': return runs_dir() / 'distill'
     return Path(distill_dir) if distill_dir else Path(out) / 'distill'
 
-# %% ../nbs/14_experiments.ipynb #cell-044
+# %% ../nbs/14_experiments.ipynb #cell-048
 @dataclass
 class TableSetting:
     "What a SelMatch notebook needs for one dataset and IPC."

@@ -260,12 +260,15 @@ _SELMATCH_PAPER = dict(train_per_class=0, test_per_class=0, paper_hparams=True, 
                        resume=True)
 
 _SELMATCH_PRESETS = {
-    # the main table over subset ratios (quick: IPC 25/50/100 = 5/10/20 %); lite: one column, 10 iterations
+    # the main table over subset ratios (quick: IPC 25/50/100/150 = 5/10/20/30 %); lite: one column, 10 iterations
     'selmatch_table_main': {
         'lite': {**_ALL_IMAGES, **_SELMATCH_QUICK_DISTILL, 'iterations': 10, 'ipcs': [25], 'runs': 2, 'eval_scale': 'quick',
-                 'eval_width': 16, 'eval_budget': 4.0},
-        'quick': {**_ALL_IMAGES, **_SELMATCH_QUICK_DISTILL, **_SELMATCH_QUICK_EVAL, 'ipcs': [25, 50, 100], 'runs': 3},
-        'paper': {**_SELMATCH_PAPER, 'datasets': ['cifar10', 'cifar100', 'tinyimagenet'], 'ipcs': [], 'runs': 5},
+                 'eval_width': 16, 'eval_budget': 4.0, 'beta_search': [], 'selects': ['final'], 'snapshot_every': 0, 'save_sets': 0},
+        'quick': {**_ALL_IMAGES, **_SELMATCH_QUICK_DISTILL, **_SELMATCH_QUICK_EVAL, 'ipcs': [25, 50, 100, 150], 'runs': 3,
+                  'beta_search': [0.0, 0.2, 0.4, 0.6, 0.8], 'val_per_class': 50, 'search_runs': 2,
+                  'selects': ['final', 'best-val', 'best-test'], 'select_methods': ['selmatch'], 'snapshot_every': 10, 'save_sets': 50},
+        'paper': {**_SELMATCH_PAPER, 'datasets': ['cifar10', 'cifar100', 'tinyimagenet'], 'ipcs': [], 'runs': 5, 'beta_search': [],
+                  'val_per_class': 50, 'selects': ['final', 'best-val', 'best-test'], 'snapshot_every': 1000, 'save_sets': 0},
     },
     # Figure 3: real-image windows against the window start β (no distillation, so lite can afford it)
     'selmatch_fig3_window': {
