@@ -134,6 +134,8 @@ def check_scale(scale: str, allowed=SCALES) -> str:
     return check_choice('scale', scale, allowed)
 
 # %% ../nbs/00_core.ipynb #cell-025
+_UMASK = os.umask(0o022); os.umask(_UMASK)            # the process's umask (os.umask sets a new one and returns the old)
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = 'wb'):
     "Context manager yielding a temporary file object that replaces `path` only if the block succeeds."
@@ -149,8 +151,6 @@ def atomic_write(path, mode: str = 'wb'):
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
-
-_UMASK = os.umask(0o022); os.umask(_UMASK)
 
 # %% ../nbs/00_core.ipynb #cell-029
 def atomic_write_bytes(path, data: bytes):
