@@ -15,10 +15,10 @@ from .core import (DDError, SCALES, check_choice, config_hash, atomic_write_text
 from .papers import PAPERS, SOURCE_TAGS, ENTRIES, NOTEBOOK_PRESETS, Entry, table_rows, join_reported, reported_rows
 
 # %% auto #0
-__all__ = ['LOCATION_PARAMS', 'NotebookParam', 'parameters_cell', 'notebook_parameters', 'check_overrides', 'run_key',
-           'planned_params', 'stored_key', 'results_json', 'default_out', 'default_runs', 'Registry', 'check_presets',
-           'Task', 'plan', 'papermill_command', 'manual_command', 'format_plan', 'entry_status', 'format_list',
-           'render_tables']
+__all__ = ['LOCATION_PARAMS', 'NotebookParam', 'parameters_cell', 'notebook_parameters', 'check_overrides', 'read_results',
+           'run_key', 'planned_params', 'stored_key', 'results_json', 'default_out', 'default_runs', 'Registry',
+           'check_presets', 'Task', 'plan', 'papermill_command', 'manual_command', 'format_plan', 'entry_status',
+           'format_list', 'render_tables']
 
 # %% ../nbs/16_report.ipynb #cell-005
 @dataclass
@@ -95,6 +95,19 @@ def check_overrides(notebook: str, declared: dict, overrides: dict) -> list:
     return problems
 
 # %% ../nbs/16_report.ipynb #cell-016
+def read_results(path) -> tuple:
+    "(document, problem) of a results JSON: (doc, None) if sound, (None, None) if absent, (None, why) if it cannot be trusted."
+    path = Path(path)
+    if not path.exists(): return None, None
+    try: doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e: return None, f'is unreadable ({type(e).__name__}: {str(e)[:120]})'
+    if not isinstance(doc, dict) or not isinstance(doc.get('params'), dict):
+        return None, 'is not a results document (no "params" object)'
+    if doc.get('config_hash') != config_hash(doc['params']):
+        return None, 'has a config_hash that does not match its params (damaged or edited by hand)'
+    return doc, None
+
+# %% ../nbs/16_report.ipynb #cell-019
 def run_key(params: dict) -> str:
     "The identity of a run: config_hash of the echoed parameters without the location parameters."
     return config_hash({k: v for k, v in params.items() if k not in LOCATION_PARAMS})
@@ -105,12 +118,9 @@ def planned_params(declared: dict, overrides: dict) -> dict | None:
     return {p.name: overrides.get(p.name, p.default) for p in declared.values() if p.type}
 
 def stored_key(results_json) -> str | None:
-    "run_key of a results JSON written by save_results, or None if absent, unreadable or inconsistent."
-    try:
-        doc = json.loads(Path(results_json).read_text())
-        if doc.get('config_hash') != config_hash(doc['params']): return None
-        return run_key(doc['params'])
-    except (OSError, ValueError, KeyError, TypeError): return None
+    "run_key of a results JSON written by save_results, or None if absent, unreadable or inconsistent (`read_results`)."
+    doc, _ = read_results(results_json)
+    return None if doc is None else run_key(doc['params'])
 
 def results_json(out, notebook: str) -> Path:
     "Where a notebook's results JSON lives in an output folder."
@@ -124,7 +134,7 @@ def default_runs(preset: str) -> Path:
     "The folder of a preset's executed notebooks and logs: runs/<preset>."
     return runs_dir() / preset
 
-# %% ../nbs/16_report.ipynb #cell-019
+# %% ../nbs/16_report.ipynb #cell-022
 class Registry:
     "Entries (tables/figures), per-notebook presets, and where the notebooks live."
     def __init__(self, entries=None, presets=None, *, problems=(), notebooks_dir=None):
@@ -134,7 +144,7 @@ class Registry:
         self.notebooks_dir = Path(notebooks_dir or project_root() / 'nbs' / 'experiments')
         self.by_id = {e.id: e for e in self.entries}
 
-# %% ../nbs/16_report.ipynb #cell-021
+# %% ../nbs/16_report.ipynb #cell-024
 def check_presets(presets: dict, entries) -> tuple:
     "(usable presets, problems): the presets of known scales, and one message for each thing that is not right."
     scales = [s for s in SCALES if s != 'smoke']
@@ -158,7 +168,7 @@ def default(cls: Registry, **kw) -> Registry:
     presets, problems = check_presets(NOTEBOOK_PRESETS, ENTRIES)
     return cls(ENTRIES, presets, problems=problems, **kw)
 
-# %% ../nbs/16_report.ipynb #cell-024
+# %% ../nbs/16_report.ipynb #cell-027
 @patch
 def path(self: Registry, e: Entry) -> Path | None:
     "The notebook file of an entry (None for an entry that is not regenerated)."
@@ -187,7 +197,7 @@ def select(self: Registry, only=None) -> list:
                       f"{', '.join(self.by_id)}; notebooks: {', '.join(dict.fromkeys(e.notebook for e in self.entries if e.notebook))}.")
     return chosen
 
-# %% ../nbs/16_report.ipynb #cell-028
+# %% ../nbs/16_report.ipynb #cell-031
 @dataclass
 class Task:
     "One notebook to run under one preset: what is injected, what it will echo, and every path the run writes."
@@ -204,7 +214,7 @@ class Task:
     cached: bool = False
     kernel: str | None = None
 
-# %% ../nbs/16_report.ipynb #cell-030
+# %% ../nbs/16_report.ipynb #cell-033
 @patch(as_prop=True)
 def stage(self: Task) -> str:
     "The staging folder the notebook writes into (its out_dir)."
@@ -235,7 +245,7 @@ def log(self: Task) -> str:
     "The log of papermill's and the kernel's output."
     return str(Path(self.runs) / f'{self.notebook}.log')
 
-# %% ../nbs/16_report.ipynb #cell-033
+# %% ../nbs/16_report.ipynb #cell-036
 def plan(registry: Registry, preset: str, *, only=None, out=None, runs=None, force: bool = False, kernel=None) -> tuple:
     "(tasks, notes): one Task per notebook to run or skip; notes = [(entry id, why it is not run)]."
     check_choice('preset', preset, SCALES)
@@ -268,7 +278,7 @@ def plan(registry: Registry, preset: str, *, only=None, out=None, runs=None, for
             raise DDError('nothing to run: ' + '; '.join(f'{i}: {why}' for i, why in named))
     return list(tasks.values()), notes
 
-# %% ../nbs/16_report.ipynb #cell-036
+# %% ../nbs/16_report.ipynb #cell-039
 def papermill_command(task: Task) -> list:
     "The command that executes one task (papermill's CLI; the parameters file is written by `prepare_task`)."
     cmd = [sys.executable, '-m', 'papermill', task.input, task.tmp_executed, '--cwd', str(Path(task.input).parent),
@@ -282,7 +292,7 @@ def manual_command(task: Task) -> str:
     return (f'papermill {shlex.quote(task.input)} {shlex.quote(task.executed)} --cwd {shlex.quote(str(Path(task.input).parent))} '
             f'-y {shlex.quote(y)}')
 
-# %% ../nbs/16_report.ipynb #cell-038
+# %% ../nbs/16_report.ipynb #cell-041
 def format_plan(tasks, notes, *, preset, out, runs) -> str:
     "The `--dry-run` text: per task what is injected and echoed, and the papermill command; then what is skipped."
     lines = [f'dry run — preset {preset!r}: {sum(not t.cached for t in tasks)} to run, {sum(t.cached for t in tasks)} cached; '
@@ -296,7 +306,7 @@ def format_plan(tasks, notes, *, preset, out, runs) -> str:
     for i, why in notes: lines.append(f'skip    {i}: {why}')
     return '\n'.join(lines)
 
-# %% ../nbs/16_report.ipynb #cell-041
+# %% ../nbs/16_report.ipynb #cell-044
 def entry_status(registry: Registry, e: Entry, preset: str, out) -> str:
     "done | not run | not run (other config) | missing | no <preset> preset | not regenerated"
     path = registry.path(e)
@@ -310,7 +320,7 @@ def entry_status(registry: Registry, e: Entry, preset: str, out) -> str:
     except DDError: return 'not run'
     return 'done' if params is not None and stored == run_key(params) else 'not run (other config)'
 
-# %% ../nbs/16_report.ipynb #cell-043
+# %% ../nbs/16_report.ipynb #cell-046
 def format_list(registry: Registry, preset: str, *, out=None, only=None) -> str:
     "The `--list` table: every (selected) entry with its layout, notebook, status under `preset` and reported numbers."
     out = Path(out or default_out(preset)).resolve()
@@ -334,43 +344,85 @@ def format_list(registry: Registry, preset: str, *, out=None, only=None) -> str:
     if registry.problems: lines += ['', 'problems in the notebook presets (dd_companion.papers):'] + [f'  {p}' for p in registry.problems]
     return '\n'.join(lines)
 
-# %% ../nbs/16_report.ipynb #cell-046
+# %% ../nbs/16_report.ipynb #cell-049
+def _inside(out: Path, name) -> Path | None:
+    "`out / name` with every symlink resolved, if it lies inside the output folder `out`; None otherwise."
+    if not isinstance(name, str) or not name: return None
+    root = Path(out).resolve(); p = (root / name).resolve()
+    return p if p != root and p.is_relative_to(root) else None
+
 def _load(path) -> dict | None:
-    with contextlib.suppress(OSError, ValueError): return json.loads(Path(path).read_text())
+    "The JSON object in `path`, or None if it is absent, unreadable or not an object."
+    with contextlib.suppress(OSError, ValueError):
+        doc = json.loads(Path(path).read_text())
+        return doc if isinstance(doc, dict) else None
     return None
 
-def _entry_section(registry: Registry, e: Entry, preset: str, out: Path, rendered: dict, errors: dict) -> list:
+# %% ../nbs/16_report.ipynb #cell-053
+def _entry_files(out: Path, notebook: str, warnings: list) -> tuple:
+    "(record, files): the runner's record of `notebook` ({} if none) and the files it lists that lie inside `out`."
+    rpath = out / '.reproduce' / f'{notebook}.json'
+    rec = {}
+    if rpath.exists() or rpath.is_symlink():
+        inside = _inside(out, f'.reproduce/{notebook}.json')
+        rec = _load(inside) if inside else None
+        if rec is None:
+            warnings.append(f'{rpath} is damaged, not a JSON object, or lies outside the output folder {out}; ignored.')
+            rec = {}
+    listed, where = rec.get('files'), rpath
+    if listed is None: listed, where = sorted(p.name for p in out.glob(f'{notebook}*') if p.is_file()), out
+    if not isinstance(listed, list):
+        warnings.append(f'{rpath}: "files" is not a list; ignored.'); listed = []
+    files = []
+    for f in listed:
+        if _inside(out, f) is None:
+            warnings.append(f'{where} names {f!r}, which does not resolve to a file inside the output folder {out}; not read.')
+        else: files.append(f)
+    return rec, files
+
+# %% ../nbs/16_report.ipynb #cell-056
+def _entry_section(registry: Registry, e: Entry, preset: str, out: Path, rendered: dict, errors: dict, warnings: list) -> list:
     "Markdown lines of one entry in REPRODUCE.md (rendering its table into `out/tables` if it has rows)."
     md = [f"### {e.id} — {e.title}", '',
           f"*{e.kind}{', layout inferred' if e.inferred else ''}; notebook `{e.notebook or '—'}`; "
           f"status: {entry_status(registry, e, preset, out)}*" + (f' — {e.note}' if e.note else ''), '']
-    doc = _load(results_json(out, e.notebook)) if e.notebook else None
+    if not e.notebook: return md
+    name = f'{e.notebook}.json'
+    path = _inside(out, name)
+    if path is None:
+        warnings.append(f'{out / name} resolves outside the output folder {out}; not read.'); return md
+    doc, problem = read_results(path)
+    if problem:
+        warnings.append(f'{out / name} {problem}; not rendered (rerun {e.notebook} to replace it).')
+        return md + [f'**results not shown:** `{name}` {problem}.', '']
     if doc is None: return md
-    rec = _load(out / '.reproduce' / f'{e.notebook}.json') or {}
-    files = rec.get('files') or sorted(p.name for p in out.glob(f'{e.notebook}*') if p.is_file())
+    rec, files = _entry_files(out, e.notebook, warnings)
     if e.kind == 'table':
         try:
             rows = table_rows(doc, e.notebook, e.id)
             if rows:
                 title = f'{e.title} — preset {preset}' + (' (layout inferred)' if e.inferred else '')
-                csv, mdp = save_table(join_reported(rows, f'{e.notebook}.json'), out / 'tables', e.id, title)
+                csv, mdp = save_table(join_reported(rows, name), out / 'tables', e.id, title)
                 rendered[e.id] = str(mdp)
                 md += [Path(mdp).read_text(), f'(CSV: `tables/{Path(csv).name}`)', '']
-        except DDError as err:
-            errors[e.id] = str(err); md += [f'**could not render:** {err}', '']
+        except (DDError, KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            msg = str(err) if isinstance(err, DDError) else f'{name}: malformed table rows ({type(err).__name__}: {err})'
+            errors[e.id] = msg; md += [f'**could not render:** {msg}', '']
     if e.id not in rendered:
         for f in files:
-            if f.endswith('.md') and not f.startswith('tables/'): md += [(out / f).read_text(), '']
+            if f.endswith('.md') and not f.startswith('tables/'):
+                try: md += [_inside(out, f).read_text(), '']
+                except (OSError, UnicodeDecodeError) as err: warnings.append(f'{out / f} could not be read ({err}); skipped.')
     figs = [f for f in files if f.rsplit('.', 1)[-1] in ('png', 'svg', 'pdf', 'jpg')]
     md += [f'![{f}]({f})' for f in figs] + ([''] if figs else [])
-    return md + [f"<sub>results: `{e.notebook}.json`, config {run_key(doc['params']) if 'params' in doc else '?'}, "
+    return md + [f"<sub>results: `{name}`, config {run_key(doc['params'])}, "
                  f"finished {doc.get('finished', '?')}" + (f", {rec['seconds']} s" if rec.get('seconds') else '') + '</sub>', '']
 
-# %% ../nbs/16_report.ipynb #cell-048
+# %% ../nbs/16_report.ipynb #cell-058
 def render_tables(registry: Registry, preset: str, out) -> dict:
-    "Render side-by-side tables for every table entry with results in `out`; write the index REPRODUCE.md."
+    "Render side-by-side tables for every table entry with results in `out`; write the index REPRODUCE.md (and return its warnings)."
     out = Path(out)
-    rendered, errors = {}, {}
+    rendered, errors, warnings = {}, {}, []
     md = [f'# Reproduction — preset `{preset}`', '',
           f'Regenerated by `dd-companion reproduce --preset {preset}`. Reproduced numbers are mean ± std over the runs '
           f'of each results JSON in this folder; reported numbers come from the registry in `dd_companion.papers` '
@@ -381,10 +433,11 @@ def render_tables(registry: Registry, preset: str, out) -> dict:
         entries = [e for e in registry.entries if e.paper == paper]
         if not entries: continue
         md += [f'## {paper}' + ('' if paper == 'project' else f' — {PAPERS[paper]}'), '']
-        for e in entries: md += _entry_section(registry, e, preset, out, rendered, errors)
+        for e in entries: md += _entry_section(registry, e, preset, out, rendered, errors, warnings)
     md += ['## Reported numbers (the whole registry)', '']
     csv, mdp = save_table(reported_rows(), out / 'tables', 'reported', 'Reported test accuracy (%), with source tags')
     md += [Path(mdp).read_text()]
+    if warnings: md += ['## Warnings', '', *[f'- {w}' for w in warnings], '']
     index = out / 'REPRODUCE.md'
     atomic_write_text(index, '\n'.join(md) + '\n')
-    return {'index': str(index), 'tables': rendered, 'errors': errors}
+    return {'index': str(index), 'tables': rendered, 'errors': errors, 'warnings': warnings}

@@ -9,14 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dd_companion
-from .core import DDError, SCALES, check_choice, atomic_save_json, atomic_write_text, file_lock, notebooks_dir
+from .core import (DDError, SCALES, check_choice, atomic_save_json, atomic_write_text, file_lock, notebooks_dir,
+                               buffers_dir, check_writable_dir)
 from .papers import reported_rows, format_paper_configurations
-from .report import (Registry, Task, plan, papermill_command, format_plan, results_json, default_out,
-                                 default_runs, format_list, render_tables)
+from .report import (Registry, Task, plan, papermill_command, format_plan, results_json, read_results, stored_key,
+                                 default_out, default_runs, format_list, render_tables)
 
 # %% auto #0
-__all__ = ['PRESETS', 'CHILDREN_FILE', 'prepare_task', 'finish_task', 'run_logged', 'kill_tree', 'stop_leftovers', 'Summary',
-           'format_summary', 'RunnerTerminated', 'run_tasks', 'default_registry', 'notebooks_problem', 'reproduce',
+__all__ = ['PRESETS', 'CHILDREN_FILE', 'FOLDER_VARS', 'EXIT_CODES', 'prepare_task', 'finish_task', 'run_logged', 'kill_tree',
+           'stop_leftovers', 'Summary', 'format_summary', 'RunnerTerminated', 'run_tasks', 'default_registry',
+           'notebooks_problem', 'EnvironmentProblem', 'check_buffer_cache', 'check_environment', 'reproduce',
            'build_parser', 'main']
 
 # %% ../nbs/17_reproduce.ipynb #cell-005
@@ -231,7 +233,7 @@ class Summary:
         return [r for r in self.results if not r['ok']]
     @property
     def exit_code(self) -> int:
-        "1 if a notebook failed, else 0."
+        "1 if a notebook failed, else 0 (the other exit codes come from `main`: see `EXIT_CODES`)."
         return 1 if self.failed else 0
 
 # %% ../nbs/17_reproduce.ipynb #cell-026
@@ -243,14 +245,19 @@ def _say(msg: str, file=None):
     from tqdm import tqdm
     tqdm.write(msg, file=file or sys.stdout)
 
+FOLDER_VARS = ('DD_COMPANION_ROOT', 'DD_COMPANION_DATA', 'DD_COMPANION_DOWNLOADS', 'DD_COMPANION_BUFFERS',
+               'DD_COMPANION_RUNS', 'DD_COMPANION_FIGURES', 'DD_COMPANION_NOTEBOOKS')
+
 def _worker_env(jobs: int, executor: str) -> dict:
     env = {**os.environ, 'MPLBACKEND': os.environ.get('MPLBACKEND', 'Agg'), 'PYTHONUNBUFFERED': '1'}
+    for k in FOLDER_VARS:
+        if env.get(k) and not os.path.isabs(env[k]): env[k] = os.path.abspath(env[k])
     if executor == 'local' and jobs > 1:
         n = str(max(1, (os.cpu_count() or 1) // jobs))
         for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): env.setdefault(k, n)
     return env
 
-# %% ../nbs/17_reproduce.ipynb #cell-028
+# %% ../nbs/17_reproduce.ipynb #cell-029
 def format_summary(s: Summary) -> str:
     "The closing lines of a run: counts, each failure with its executed notebook and log, the index of tables."
     ok = [r for r in s.results if r['ok']]
@@ -264,7 +271,7 @@ def format_summary(s: Summary) -> str:
     if s.tables.get('index'): lines.append(f"tables and figures: {s.tables['index']}")
     return '\n'.join(lines)
 
-# %% ../nbs/17_reproduce.ipynb #cell-031
+# %% ../nbs/17_reproduce.ipynb #cell-032
 def _announce(task: Task, res: dict, file):
     if res['ok']: _say(f'✔ done    {task.notebook:<28} {_fmt_s(res["seconds"])}  → {len(res["files"])} files in {task.out}', file)
     else: _say(f'✘ FAILED  {task.notebook:<28} {_fmt_s(res["seconds"])}  {res["error"]}\n'
@@ -278,7 +285,7 @@ def _stop(running: list, why: BaseException, file):
             res = finish_task(r.task, None, time.time() - r.t0, f'interrupted ({type(why).__name__})')
             _say(f'✘ stopped {r.task.notebook:<28} executed notebook: {res["executed"]}  partial outputs: {res["partial"]}', file)
 
-# %% ../nbs/17_reproduce.ipynb #cell-034
+# %% ../nbs/17_reproduce.ipynb #cell-035
 class RunnerTerminated(Exception):
     "The runner received SIGTERM or SIGHUP: its notebooks are stopped before it exits."
     def __init__(self, signum: int): super().__init__(f'signal {signum}'); self.signum = signum
@@ -326,7 +333,7 @@ def run_tasks(tasks: list, *, jobs: int = 1, executor: str = 'local', cluster=No
         bar.close(); restore()
     return [results[t.notebook] for t in tasks]
 
-# %% ../nbs/17_reproduce.ipynb #cell-036
+# %% ../nbs/17_reproduce.ipynb #cell-037
 def default_registry() -> Registry:
     "`Registry.default()` with the experiment notebooks of `core.notebooks_dir()` (checkout, package or variable)."
     return Registry.default(notebooks_dir=notebooks_dir())
@@ -339,10 +346,55 @@ def notebooks_problem(registry: Registry) -> str | None:
             f"live in nbs/experiments/ of a checkout; reinstall the package (pip install --force-reinstall --no-deps "
             f"dd_companion), run from a checkout, or set DD_COMPANION_NOTEBOOKS to the folder holding them.")
 
-# %% ../nbs/17_reproduce.ipynb #cell-040
+# %% ../nbs/17_reproduce.ipynb #cell-041
+class EnvironmentProblem(DDError):
+    "A folder the run needs is not writable, or a file it reads is damaged: nothing was run (exit code 3)."
+
+def _not_writable(path) -> str | None:
+    "Why this user could not create or write the folder `path`, or None; touches nothing."
+    p = Path(path)
+    while not p.exists() and not p.is_symlink() and p != p.parent: p = p.parent    # the nearest existing ancestor
+    if not p.is_dir(): return f'{p} is not a folder'
+    if not os.access(p, os.W_OK | os.X_OK): return f'{p} is not writable by this user or is on a read-only filesystem'
+    return None
+
+def _manifest_problem(path: Path) -> str | None:
+    "Why a buffer's manifest.json is damaged (unreadable, not a JSON object with `config` and `experts`), or None."
+    try: doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e: return f'{type(e).__name__}: {str(e)[:120]}'
+    if not (isinstance(doc, dict) and isinstance(doc.get('config'), dict) and isinstance(doc.get('experts'), dict)):
+        return 'not a JSON object with "config" and "experts"'
+    return None
+
+# %% ../nbs/17_reproduce.ipynb #cell-043
+def check_buffer_cache(root) -> Path:
+    "The expert-buffer cache `root` can be written and its buffers' manifests are sound; an `EnvironmentProblem` otherwise."
+    root = Path(os.path.abspath(root))
+    fix = 'Set DD_COMPANION_BUFFERS to a writable folder, or make this one writable.'
+    if why := _not_writable(root):
+        raise EnvironmentProblem(f'the expert-buffer cache {root} cannot be written ({why}); the notebooks lock and write it '
+                                 f'even to read experts. {fix}')
+    for man in sorted(root.glob('*/manifest.json')) if root.is_dir() else []:
+        if why := _not_writable(man.parent):
+            raise EnvironmentProblem(f'the expert buffer {man.parent} cannot be written ({why}). {fix}')
+        if why := _manifest_problem(man):
+            raise EnvironmentProblem(f'buffer manifest {man} is damaged ({why}); delete the folder {man.parent} to rebuild '
+                                     f'that buffer, or set DD_COMPANION_BUFFERS to another cache.')
+    return root
+
+def check_environment(out, runs, buffers=None):
+    "Before any work: `out` and `runs` are (made) writable folders; the buffer cache, if given, passes `check_buffer_cache`."
+    for path, name in ((out, '--out'), (runs, '--runs')):
+        try: check_writable_dir(path, name)
+        except DDError as e: raise EnvironmentProblem(str(e)) from None
+    if buffers is not None: check_buffer_cache(buffers)
+
+# %% ../nbs/17_reproduce.ipynb #cell-046
 def _clear_stale(out: Path, runs: Path):
     "Remove what an interrupted or killed run left (call with the output folder's lock held)."
-    for stale in (out / '.staging').glob('*'): shutil.rmtree(stale, ignore_errors=True)
+    for stale in (out / '.staging').glob('*'):
+        if stale.is_symlink() or not stale.is_dir(): stale.unlink(missing_ok=True)   # rmtree refuses a link
+        else: shutil.rmtree(stale, ignore_errors=True)
     with contextlib.suppress(OSError): (out / '.staging').rmdir()
     for stale in [*runs.glob('.*.ipynb'), *runs.glob('.*.params.yaml')]: stale.unlink(missing_ok=True)   # papermill's files
 
@@ -354,7 +406,16 @@ def _finish(s: Summary, t0: float, file) -> Summary:
     print(format_summary(s), file=file)
     return s
 
-# %% ../nbs/17_reproduce.ipynb #cell-043
+# %% ../nbs/17_reproduce.ipynb #cell-049
+def _finished_meanwhile(todo: list, file) -> list:
+    "The tasks of `todo` whose results (same configuration) appeared while this run waited for the lock; marked cached."
+    done = [t for t in todo if t.key is not None and stored_key(results_json(t.out, t.notebook)) == t.key]
+    for t in done:
+        t.cached = True
+        _say(f'· cached  {t.notebook:<28} config {t.key}: finished by the run that held {t.out} while this one waited', file)
+    return done
+
+# %% ../nbs/17_reproduce.ipynb #cell-052
 def reproduce(preset: str = 'lite', *, only=None, out=None, runs=None, jobs: int | None = None, force: bool = False,
               executor: str = 'local', dry_run: bool = False, registry: Registry | None = None, cluster=None,
               submitit_params=None, kernel=None, progress: bool = True, file=None) -> Summary:
@@ -374,33 +435,59 @@ def reproduce(preset: str = 'lite', *, only=None, out=None, runs=None, jobs: int
         if preset == 'paper': print('\n' + format_paper_configurations(), file=file)    # every distillation the notebooks would run
         return s
     for p in registry.problems: _say(f'! {p}', file)
+    check_environment(s.out, s.runs, buffers_dir() if todo else None)      # before any work: exit code 3
     for t in tasks:
         if t.cached: _say(f'· cached  {t.notebook:<28} config {t.key} already in {results_json(t.out, t.notebook)}', file)
+    for t in todo:
+        if (why := read_results(results_json(t.out, t.notebook))[1]):
+            _say(f'! {results_json(t.out, t.notebook)} {why}: {t.notebook} runs again and replaces it', file)
     jobs = jobs or (max(1, len(todo)) if executor == 'submitit' else 1)   # submitit: queue everything by default
-    Path(s.out).mkdir(parents=True, exist_ok=True)
     with file_lock(Path(s.out) / '.reproduce.lock', message=f'another dd-companion reproduce is writing to {s.out}; waiting ...'):
+        if not force:                                    # what a run holding the lock before us produced is not redone
+            s.cached += [t.notebook for t in _finished_meanwhile(todo, file)]
+            todo = [t for t in todo if not t.cached]
         stop_leftovers(Path(s.runs), file)               # a killed runner's notebooks must not race this run
         _clear_stale(Path(s.out), Path(s.runs))
         s.results = run_tasks(todo, jobs=jobs, executor=executor, cluster=cluster, submitit_params=submitit_params,
                               progress=progress, file=file)
         s.tables = render_tables(registry, preset, s.out)
+        for w in s.tables['warnings']: _say(f'! {w}', file)
     return _finish(s, t0, file)
 
-# %% ../nbs/17_reproduce.ipynb #cell-046
+# %% ../nbs/17_reproduce.ipynb #cell-055
+EXIT_CODES = {
+    '0': 'every notebook ran or was served from the cache, and the tables were rendered',
+    '1': 'a notebook failed (the others ran; its earlier results are kept; the summary names its executed notebook)',
+    '2': 'bad usage or input: an unknown option, preset or --only id, a bad --jobs value, a notebook parameter of the '
+         'wrong type or name, no experiment notebooks found; nothing was run',
+    '3': 'environment problem: --out, --runs or the expert-buffer cache cannot be written, a buffer manifest is damaged, '
+         'or a file could not be written or read during the run; nothing (more) was run',
+    '128+N': 'stopped by signal N (130 Ctrl-C, 129 SIGHUP, 143 SIGTERM); the running notebooks were stopped',
+}
+
+def _exit_codes_epilog() -> str:
+    import textwrap
+    return 'exit codes:\n' + '\n'.join(textwrap.fill(v, 100, initial_indent=f'  {k:<6} ', subsequent_indent=' ' * 9)
+                                        for k, v in EXIT_CODES.items())
+
+# %% ../nbs/17_reproduce.ipynb #cell-058
 def _kv(s: str):
     k, sep, v = s.partition('=')
     if not sep: raise argparse.ArgumentTypeError(f'{s!r} is not KEY=VALUE')
     with contextlib.suppress(ValueError, SyntaxError): return k, ast.literal_eval(v)
     return k, v
 
-# %% ../nbs/17_reproduce.ipynb #cell-049
+# %% ../nbs/17_reproduce.ipynb #cell-061
 def build_parser() -> argparse.ArgumentParser:
     "The `dd-companion` argument parser: the `reproduce`, `tables` and `reported` sub-commands."
-    ap = argparse.ArgumentParser(prog='dd-companion', description='Companion to DATM-CLR and SelMatch: reproduce their tables and figures.')
+    raw = argparse.RawDescriptionHelpFormatter
+    ap = argparse.ArgumentParser(prog='dd-companion', description='Companion to DATM-CLR and SelMatch: reproduce their tables and figures.',
+                                 epilog=_exit_codes_epilog(), formatter_class=raw)
     ap.add_argument('--version', action='version', version=f'%(prog)s {dd_companion.__version__}')
     sub = ap.add_subparsers(dest='command', required=True)
     r = sub.add_parser('reproduce', help='run the experiment notebooks of a preset and render the tables',
-                       description='Run experiment notebooks with papermill and render tables beside the reported numbers.')
+                       description='Run experiment notebooks with papermill and render tables beside the reported numbers.',
+                       epilog=_exit_codes_epilog(), formatter_class=raw)
     r.add_argument('--preset', default='lite', choices=list(PRESETS),
                    help='; '.join(f'{k}: {v}' for k, v in PRESETS.items()) + ' (default: lite)')
     r.add_argument('--only', nargs='+', metavar='ID', help='table/figure ids or notebook names (default: all)')
@@ -418,14 +505,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--kernel', help="Jupyter kernel name (default: the notebook's, python3)")
     r.add_argument('--print-tables', action='store_true', help='print the rendered index REPRODUCE.md at the end')
     r.add_argument('--no-progress', action='store_true', help='no progress bar')
-    t = sub.add_parser('tables', help='render the tables from results already in the output folder')
+    t = sub.add_parser('tables', help='render the tables from results already in the output folder', formatter_class=raw,
+                       epilog='exit codes: 0 rendered (warnings, if any, on stderr), 2 bad usage, 3 --out cannot be written')
     t.add_argument('--preset', default='lite', choices=list(PRESETS)); t.add_argument('--out')
     sub.add_parser('reported', help='print the registry of reported numbers with source tags')
     return ap
 
-# %% ../nbs/17_reproduce.ipynb #cell-052
+# %% ../nbs/17_reproduce.ipynb #cell-064
 def main(argv=None, *, registry: Registry | None = None, file=None) -> int:
-    "Console entry point `dd-companion`; returns the exit code (0 ok, 1 a notebook failed, 2 usage/parameter error)."
+    "Console entry point `dd-companion`; returns the exit code (`EXIT_CODES`: 0 ok, 1 a notebook failed, 2 usage/input, 3 environment)."
     file = file or sys.stdout
     args = build_parser().parse_args(argv)
     try:
@@ -435,8 +523,12 @@ def main(argv=None, *, registry: Registry | None = None, file=None) -> int:
             return 0
         own, registry = registry is None, registry or default_registry()
         if args.command == 'tables':
-            res = render_tables(registry, args.preset, Path(args.out or default_out(args.preset)).resolve())
+            out = Path(args.out or default_out(args.preset)).resolve()
+            try: check_writable_dir(out, '--out')
+            except DDError as e: raise EnvironmentProblem(str(e)) from None
+            res = render_tables(registry, args.preset, out)
             print(Path(res['index']).read_text(), file=file)
+            for w in res['warnings']: print(f'warning: {w}', file=sys.stderr)
             return 0
         problem = notebooks_problem(registry) if own else None
         if args.list:
@@ -450,9 +542,16 @@ def main(argv=None, *, registry: Registry | None = None, file=None) -> int:
                       submitit_params=params, kernel=args.kernel, progress=not args.no_progress, file=file)
         if args.print_tables and s.tables.get('index'): print('\n' + Path(s.tables['index']).read_text(), file=file)
         return s.exit_code
+    except EnvironmentProblem as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 3
     except DDError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f'error: {e} (a file or folder the command needs could not be written or read; notebooks that had '
+              f'finished are published)', file=sys.stderr)
+        return 3
     except RunnerTerminated as e:
         print(f'terminated by {e}: the running notebooks were stopped (their executed notebooks end in .failed.ipynb).', file=sys.stderr)
         return 128 + e.signum

@@ -7,6 +7,8 @@ so nothing in the repository's `buffers/`, `runs/` or `figures/` is read or writ
 Child processes (the kill -9 tests) are started through `start_child`: a fresh Python with one torch thread, the
 same temporary folders, and `tests/fault_hooks` on `PYTHONPATH`, whose `sitecustomize.py` can freeze the process
 in the middle of an atomic write (see that file) so that a test can kill it at exactly that moment.
+
+The markers `bad_input` and `fault` (registered here) tag the tests that `tools/reliability_counts.py` counts.
 """
 from __future__ import annotations
 import json, os, shutil, signal, subprocess, sys, threading, time
@@ -23,6 +25,26 @@ os.environ.setdefault('MPLBACKEND', 'Agg')
 
 import torch
 torch.set_num_threads(1)   # the tests share two cores with other jobs: one thread avoids oversubscription
+
+
+# --- the reliability markers (issue #20): what tools/reliability_counts.py counts ----------------------------------
+MARKERS = {
+    'bad_input': 'a bad input (argument, option, parameter, folder) that must give a clear error before any work',
+    'fault': 'an injected fault (kill, full disk, damaged or hostile file, failure, concurrent run) that must be '
+             'survived with nothing lost',
+}
+# Files whose tests are all faults but which are not marked in the file itself (their owners mark them here).
+FAULT_FILES = {'test_resume.py': 'kill -9 at a random moment or in the middle of a write, then a rerun'}
+
+
+def pytest_configure(config):
+    for name, what in MARKERS.items(): config.addinivalue_line('markers', f'{name}: {what}')
+
+
+@pytest.hookimpl(tryfirst=True)      # before `-m` selects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in FAULT_FILES and item.get_closest_marker('fault') is None: item.add_marker(pytest.mark.fault)
 
 
 # --- isolated folders ---------------------------------------------------------------------------------------------

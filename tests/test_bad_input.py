@@ -101,6 +101,7 @@ def ctx(tmp_path, smoke_buffer, smoke_data, empty_buffers, monkeypatch):
     return SimpleNamespace(tmp=tmp_path, buffer=smoke_buffer, data=smoke_data, empty_buffers=empty_buffers, offline=offline)
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize('call,needles', [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_a_clear_error_before_any_work(call, needles, ctx):
     with pytest.raises(DDError) as e: call(ctx)
@@ -117,6 +118,7 @@ def test_there_are_at_least_twelve_bad_input_cases():
 
 
 # --- missing dataset files with no internet (the variable DD_COMPANION_OFFLINE unset) -------------------------------
+@pytest.mark.bad_input
 def test_missing_dataset_without_internet_is_a_clear_error_quickly(tmp_path):
     "No internet is simulated with an unreachable proxy, so the test behaves the same on a connected machine."
     (tmp_path / 'empty').mkdir()
@@ -142,6 +144,7 @@ def _papermill(tmp_path, *params):
     return r, time.perf_counter() - t0
 
 
+@pytest.mark.bad_input
 def test_papermill_parameter_of_the_wrong_type_is_refused(tmp_path):
     "-p ipcs \"[1, 2]\" passes a string; the notebook refuses it in its first cell, before loading data."
     r, seconds = _papermill(tmp_path, '-p', 'ipcs', '[1, 2]')
@@ -151,6 +154,7 @@ def test_papermill_parameter_of_the_wrong_type_is_refused(tmp_path):
     assert not (tmp_path / 'out' / 'random_real.json').exists()
 
 
+@pytest.mark.bad_input
 def test_papermill_unknown_parameter_is_refused(tmp_path):
     "papermill only warns about an unknown name (`-p ipc 3` instead of ipcs); the notebook must refuse it."
     r, seconds = _papermill(tmp_path, '-p', 'ipc', '3', '-p', 'epochs', '1', '-p', 'runs', '1')

@@ -18,6 +18,7 @@ def sha(path) -> str: return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # --- 4. truncated, corrupt and mismatched buffer files ------------------------------------------------------------
+@pytest.mark.fault
 def test_truncated_expert_file_is_an_error_naming_it(buffer_copy):
     victim = _paths(buffer_copy, 1)['npy']
     victim.write_bytes(victim.read_bytes()[:-100])
@@ -28,6 +29,7 @@ def test_truncated_expert_file_is_an_error_naming_it(buffer_copy):
     assert str(victim) in str(e.value)
 
 
+@pytest.mark.fault
 def test_expert_file_cut_inside_its_header_is_an_error_naming_it(buffer_copy):
     victim = _paths(buffer_copy, 0)['npy']
     victim.write_bytes(victim.read_bytes()[:30])
@@ -35,6 +37,7 @@ def test_expert_file_cut_inside_its_header_is_an_error_naming_it(buffer_copy):
     assert str(victim) in str(e.value) and 'corrupt' in str(e.value)
 
 
+@pytest.mark.fault
 def test_bit_flipped_expert_file_fails_verify_naming_it(buffer_copy):
     victim = _paths(buffer_copy, 1)['npy']
     raw = bytearray(victim.read_bytes()); size = len(raw)
@@ -45,6 +48,7 @@ def test_bit_flipped_expert_file_fails_verify_naming_it(buffer_copy):
     assert str(victim) in str(e.value) and 'checksum' in str(e.value)
 
 
+@pytest.mark.fault
 def test_expert_file_of_another_configuration_is_an_error_naming_it(buffer_copy):
     victim = _paths(buffer_copy, 1)['npy']
     np.save(victim, np.zeros((4, 10), np.float32))
@@ -52,6 +56,7 @@ def test_expert_file_of_another_configuration_is_an_error_naming_it(buffer_copy)
     assert str(victim) in str(e.value) and 'another configuration' in str(e.value)
 
 
+@pytest.mark.fault
 def test_corrupt_manifest_is_an_error_naming_it(buffer_copy):
     man = buffer_copy / 'manifest.json'
     man.write_text(man.read_text()[:50])
@@ -59,6 +64,7 @@ def test_corrupt_manifest_is_an_error_naming_it(buffer_copy):
     assert str(man) in str(e.value)
 
 
+@pytest.mark.fault
 def test_truncated_partial_checkpoint_is_an_error_naming_it(buffer_copy):
     "Resuming expert 2 from a damaged .partial.pt names that file (never a raw unpickling traceback)."
     victim = _paths(buffer_copy, 2)['partial']
@@ -213,6 +219,7 @@ SAVERS = {'checkpoint': (_save_checkpoint, 'checkpoint.pt'), 'distilled set': (_
           'results JSON': (_save_results, 'exp.json'), 'table': (_save_table, 'exp.md'), 'figure': (_save_figure, 'fig.png')}
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize('how', ['write', 'fsync'])
 @pytest.mark.parametrize('what', list(SAVERS))
 def test_disk_full_while_saving_keeps_the_previous_file(what, how, distiller, tmp_path, monkeypatch):
@@ -232,6 +239,7 @@ def test_disk_full_while_saving_keeps_the_previous_file(what, how, distiller, tm
         f'to memory (io.BytesIO) and write the bytes, so that the OSError(ENOSPC) reaches the caller')
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize('how', ['write', 'fsync'])
 def test_disk_full_while_writing_an_expert_file_keeps_the_buffer(how, buffer_copy, monkeypatch):
     "Appending a 4th epoch to the smoke experts with a full disk: the 3-epoch buffer stays intact and usable."
@@ -280,6 +288,7 @@ def hostile_pt(path, marker, kind='payload'):
                 'std': [0.5] * 3, 'zca': False, 'config': '{}', 'iteration': 1, 'epoch': 1, 'extra': obj}, path)
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize('kind', ['payload', 'instance'])
 def test_distilled_set_with_a_pickled_object_is_refused(tmp_path, kind):
     from dd_companion.evaluate import load_distilled
@@ -290,6 +299,7 @@ def test_distilled_set_with_a_pickled_object_is_refused(tmp_path, kind):
     assert not marker.exists(), 'the payload was executed'
 
 
+@pytest.mark.fault
 def test_checkpoint_with_a_pickled_payload_is_refused(tmp_path, smoke_buffer, smoke_data):
     from dd_companion.methods import Distiller, distill_config
     marker = tmp_path / 'executed'
@@ -303,6 +313,7 @@ def test_checkpoint_with_a_pickled_payload_is_refused(tmp_path, smoke_buffer, sm
     assert not marker.exists(), 'the payload was executed'
 
 
+@pytest.mark.fault
 def test_expert_files_with_pickled_payloads_are_refused(buffer_copy, tmp_path):
     marker = tmp_path / 'executed'
     hostile_pt(_paths(buffer_copy, 2)['partial'], marker)                   # a resumable expert checkpoint
@@ -360,6 +371,7 @@ POISONS = {
 }
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize('fault', list(POISONS))
 def test_numerical_fault_stops_with_the_last_good_checkpoint(fault, tmp_path, smoke_buffer, smoke_data, monkeypatch):
     d, msg, saved = _run_until_fault(tmp_path, smoke_buffer, smoke_data, monkeypatch, POISONS[fault])
@@ -368,6 +380,7 @@ def test_numerical_fault_stops_with_the_last_good_checkpoint(fault, tmp_path, sm
     _assert_last_good_checkpoint(d, msg, saved)
 
 
+@pytest.mark.fault
 def test_negative_step_size_from_a_large_lr_lr(tmp_path, smoke_buffer, smoke_data, monkeypatch):
     "A real run, no monkeypatching of the maths: lr_lr=2e-7 drives the learned step size below zero."
     d, msg, saved = _run_until_fault(tmp_path, smoke_buffer, smoke_data, monkeypatch, lr_lr=2e-7)

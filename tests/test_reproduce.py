@@ -62,6 +62,7 @@ def common(dirs, preset='quick'):
     return ['reproduce', '--preset', preset, '--out', str(dirs['out']), '--runs', str(dirs['runs']), '--no-progress']
 
 
+@pytest.mark.fault
 def test_failure_isolated_earlier_results_kept_then_cached(dirs, capsys):
     """One notebook fails: the other completes, the failing one's earlier results are untouched, the summary names
     its executed notebook, the exit code is 1; a second invocation serves random_real from the cache."""
@@ -135,6 +136,7 @@ def test_idempotent_force_and_changed_parameters(dirs, capsys):
     assert '50.0 ± 0.0' in (dirs['out'] / 'tables' / 'okay-T.md').read_text()
 
 
+@pytest.mark.bad_input
 def test_notebook_without_results_json_fails_clearly(dirs, capsys):
     nojson = write_notebook(dirs['nbs'] / 'quiet.ipynb', 'x = ipc * 2')
     reg = Registry([entry('quiet', nojson)], presets={'quiet': {'quick': {}}})
@@ -143,6 +145,7 @@ def test_notebook_without_results_json_fails_clearly(dirs, capsys):
     assert (dirs['runs'] / 'quiet.failed.ipynb').exists() and not (dirs['out'] / 'quiet.json').exists()
 
 
+@pytest.mark.bad_input
 def test_parameter_errors_are_reported_before_any_run(dirs, capsys):
     ok = write_notebook(dirs['nbs'] / 'okay.ipynb', OK_BODY.format(name='okay'))
     loose = write_notebook(dirs['nbs'] / 'loose.ipynb', 'pass', params="ipc = 1\nout_dir: str = ''")
@@ -245,6 +248,7 @@ print('experts', len(b.experts), 'epochs', b.epochs)
 """
 
 
+@pytest.mark.fault
 def test_concurrent_processes_build_a_buffer_once(tmp_path):
     root, counter = tmp_path / 'buffers', tmp_path / 'calls.txt'
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
@@ -274,6 +278,7 @@ reg = Registry([Entry('slow-T', 'project', 'table', 'slow', 'slow', path=sys.arg
 sys.exit(main(['reproduce', '--preset', 'quick', '--out', sys.argv[2], '--runs', sys.argv[3], '--no-progress'], registry=reg))"""
 
 
+@pytest.mark.fault
 def test_ctrl_c_stops_the_kernel_and_keeps_its_traces(dirs):
     import psutil, signal
     slow = write_notebook(dirs['nbs'] / 'slow.ipynb', SLOW_BODY)
@@ -293,3 +298,38 @@ def test_ctrl_c_stops_the_kernel_and_keeps_its_traces(dirs):
     assert not psutil.pid_exists(kernel)
     assert (dirs['runs'] / 'slow.failed.ipynb').exists() and (dirs['runs'] / 'slow.partial' / 'pid.txt').exists()
     assert not (dirs['out'] / 'slow.json').exists() and not list(dirs['out'].glob('.staging/*'))
+
+
+WAITING_RUNNER = """import sys
+from dd_companion.papers import Entry
+from dd_companion.report import Registry
+from dd_companion.reproduce import main
+nb, out, runs = sys.argv[1:4]
+reg = Registry([Entry('okay-T', 'project', 'table', 'okay', 'okay', path=nb)], presets={'okay': {'quick': {'ipc': 7}}})
+sys.exit(main(['reproduce', '--preset', 'quick', '--out', out, '--runs', runs, '--no-progress'], registry=reg))"""
+
+
+@pytest.mark.fault
+def test_a_run_that_waited_for_the_lock_serves_what_the_holder_produced(dirs):
+    """A second `reproduce` on the same --out waits for the lock; what the first run produced meanwhile (the same
+    configuration) is served from the cache once the lock is free, not computed again. The first run is played by
+    this test: it holds the lock, waits for the second run to report that it is waiting, then publishes the results."""
+    from conftest import Child, child_env
+    from dd_companion.core import file_lock, save_results
+    from dd_companion.report import plan
+    ok = write_notebook(dirs['nbs'] / 'okay.ipynb', OK_BODY.format(name='okay'))
+    reg = Registry([entry('okay', ok)], presets={'okay': {'quick': {'ipc': 7}}})
+    (task,), _ = plan(reg, 'quick', out=dirs['out'], runs=dirs['runs'])
+    dirs['out'].mkdir(parents=True)
+    with file_lock(dirs['out'] / '.reproduce.lock'):
+        second = Child([sys.executable, '-c', WAITING_RUNNER, ok, dirs['out'], dirs['runs']], env=child_env())
+        second.wait_for(lambda: any('another dd-companion reproduce is writing to' in l for _, l in second.lines), timeout=120)
+        save_results(dirs['out'], 'okay', {**task.params, 'out_dir': 'the first run'},        # the first run finishes
+                     {'table_rows': [{'method': 'mtt', 'dataset': 'cifar10-mini', 'ipc': 7, 'accs': [0.5]}]})
+    rc = second.finish(120)
+    text = second.output()
+    assert rc == 0, text
+    assert '0 ran, 1 cached, 0 failed' in text and 'finished by the run that held' in text, text
+    assert not (dirs['runs'] / 'okay.ipynb').exists() and not (dirs['runs'] / 'okay.log').exists()
+    assert json.loads((dirs['out'] / 'okay.json').read_text())['params']['out_dir'] == 'the first run'
+    assert '50.0 ± 0.0' in (dirs['out'] / 'tables' / 'okay-T.md').read_text()

@@ -45,6 +45,7 @@ def alive(pids) -> list:
     return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGHUP], ids=['SIGTERM', 'SIGHUP'])
 def test_a_terminated_runner_stops_papermill_and_its_kernel(tmp_path, sig):
     c = start_runner(tmp_path, steps=120)                     # a minute of work: still running when the signal comes
@@ -58,6 +59,7 @@ def test_a_terminated_runner_stops_papermill_and_its_kernel(tmp_path, sig):
     assert not (tmp_path / 'runs' / '.reproduce-children.json').exists() or json.loads((tmp_path / 'runs' / '.reproduce-children.json').read_text()) == {}
 
 
+@pytest.mark.fault
 def test_after_a_kill9_of_the_runner_the_next_run_stops_the_leftover_notebook(tmp_path):
     c = start_runner(tmp_path, steps=120)
     family = running_family(tmp_path, c)
