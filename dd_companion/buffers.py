@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import (remove_stale_tmp, DDError, check_choice, check_range, check_known, atomic_write, atomic_save_json, atomic_torch_save,
+from .core import (remove_stale_tmp, DDError, check_choice, check_range, check_positive, check_per_class, check_known, atomic_write, atomic_save_json, atomic_torch_save,
                                safe_torch_load, sha256_file, config_hash, buffers_dir, file_lock, environment_info, Timer)
 from .data import RealData, load_dataset, DATASETS
 from .models import model_for, FlatModel, MODELS
@@ -59,7 +59,12 @@ def validate(self: ExpertConfig):
     "Check the dataset, model and numeric fields (a `DDError` naming the first bad one); returns `self`."
     check_choice('dataset', self.dataset, DATASETS); check_choice('model', self.model, MODELS)
     check_range('num_experts', self.num_experts, 1, None, int); check_range('epochs', self.epochs, 1, None, int)
-    check_range('lr', self.lr, 0, None); check_range('batch_size', self.batch_size, 1, None, int)
+    check_positive('lr', self.lr); check_range('batch_size', self.batch_size, 1, None, int)
+    check_range('momentum', self.momentum, 0, 1); check_range('weight_decay', self.weight_decay, 0, None)
+    check_range('width', self.width, 1, None, int); check_range('seed', self.seed, 0, None, int)
+    if self.depth is not None: check_range('depth', self.depth, 1, None, int)
+    if self.lr_decay_epoch is not None: check_range('lr_decay_epoch', self.lr_decay_epoch, 1, None, int, ' (None: constant lr)')
+    for n in ('train_per_class', 'test_per_class'): check_per_class(n, getattr(self, n))
     check_choice('optimizer', self.optimizer, OPTIMIZERS)
     check_range('gsam_rho', self.gsam_rho, 0, None); check_range('gsam_alpha', self.gsam_alpha, 0, None)
     return self

@@ -14,11 +14,12 @@ import torch
 # %% auto #0
 __all__ = ['APP_NAME', 'PACKAGE_ROOT', 'SCALES', 'PARAM_TYPES', 'is_checkout', 'checkout_root', 'project_root', 'package_dir',
            'user_dirs', 'default_dirs', 'data_dir', 'downloads_dir', 'buffers_dir', 'runs_dir', 'figures_dir',
-           'notebooks_dir', 'DDError', 'check_choice', 'check_range', 'check_known', 'check_scale', 'atomic_write',
-           'atomic_write_bytes', 'atomic_write_text', 'atomic_save_json', 'atomic_torch_save', 'atomic_savefig',
-           'remove_stale_tmp', 'check_writable_dir', 'safe_torch_load', 'sha256_file', 'config_hash', 'set_seed',
-           'peak_rss_mb', 'Timer', 'environment_info', 'default_device', 'file_lock', 'experiment_out', 'save_results',
-           'fmt_mean_std', 'save_table', 'base_type_name', 'type_matches', 'check_notebook_params']
+           'notebooks_dir', 'DDError', 'check_choice', 'check_range', 'check_positive', 'check_per_class',
+           'check_known', 'check_scale', 'atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_save_json',
+           'atomic_torch_save', 'atomic_savefig', 'remove_stale_tmp', 'check_writable_dir', 'safe_torch_load',
+           'sha256_file', 'config_hash', 'set_seed', 'peak_rss_mb', 'Timer', 'environment_info', 'default_device',
+           'lock_holder', 'file_lock', 'exclusive_lock', 'experiment_out', 'save_results', 'fmt_mean_std', 'save_table',
+           'base_type_name', 'type_matches', 'check_notebook_params']
 
 # %% ../nbs/00_core.ipynb #cell-005
 APP_NAME = 'dd_companion'
@@ -118,6 +119,17 @@ def check_range(name: str, value, lo=None, hi=None, kind=(int, float), why: str 
         raise DDError(f"{name}={value!r} is outside the allowed range {rng}{why}.")
     return value
 
+def check_positive(name: str, value, kind=(int, float), why: str = ''):
+    "Raise `DDError` unless `value` is a finite number > 0 of the right type (a step size of 0 trains nothing)."
+    check_range(name, value, 0, None, kind, why)
+    if value <= 0: raise DDError(f"{name}={value!r} must be greater than 0{why}.")
+    return value
+
+def check_per_class(name: str, value):
+    "`None` (every image) or a count ≥ 1; 0 is refused here — it would keep no image (the notebooks' 0 means every image and is turned into None)."
+    if value is None: return value
+    return check_range(name, value, 1, None, int, ' (None keeps every image; in the notebooks 0 means every image)')
+
 def check_known(what: str, given, record) -> None:
     "Raise `DDError` naming every key of `given` that is not a field of the dataclass `record`, listing its fields."
     import dataclasses
@@ -192,13 +204,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 def remove_stale_tmp(folder, prefix: str = '', only_dead: bool = True) -> list:
-    "Delete temporary files of atomic writes in `folder` left by killed writers (only dead pids unless `only_dead=False`)."
+    """Delete this project's temporary files of atomic writes (`.<name>.<pid>.<random>.tmp`) in `folder` left by killed
+    writers: only those of dead pids unless `only_dead=False` (for a caller that holds the folder's lock). Files of any
+    other name are never touched, whatever folder the user named."""
     removed = []
     for p in Path(folder).glob(f'.{prefix}*.tmp'):
         m = _TMP_NAME.match(p.name)
-        if only_dead:
-            if m and _pid_alive(int(m['pid'])): continue
-            if not m and time.time() - p.stat().st_mtime < 3600: continue
+        if not m or (only_dead and _pid_alive(int(m['pid']))): continue
         with contextlib.suppress(FileNotFoundError): p.unlink(); removed.append(p.name)
     return removed
 
@@ -265,15 +277,39 @@ def default_device() -> str:
 # %% ../nbs/00_core.ipynb #cell-049
 import fcntl
 
+def lock_holder(path) -> str:
+    "Who holds the lock file `path`, as written by its holder ('process N (command)'), or 'another process'."
+    try: text = Path(path).read_text().strip()
+    except OSError: text = ''
+    return text or 'another process'
+
+def _claim(f):
+    "Write this process into the (locked) lock file, for the messages of those who wait."
+    f.seek(0); f.truncate(); f.write(f"process {os.getpid()} ({' '.join(sys.argv[:3])[:120]})"); f.flush()
+
 @contextlib.contextmanager
 def file_lock(path, poll: float = 0.5, message: str | None = None):
-    "Hold an exclusive advisory lock on `path` for the duration of the block (waits for other holders)."
+    "Hold an exclusive advisory lock on `path` for the duration of the block (waits for other holders, naming them)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, 'a+') as f:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            if message: print(message, file=sys.stderr)
+            if message: print(f'{message} (held by {lock_holder(path)})', file=sys.stderr)
             fcntl.flock(f, fcntl.LOCK_EX)
+        _claim(f)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+@contextlib.contextmanager
+def exclusive_lock(path, what: str):
+    "Hold the lock on `path` for the block, or raise a `DDError` naming `what` and its holder at once (no waiting)."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a+') as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DDError(f"{what} is in use by {lock_holder(path)}; wait for it to finish or stop it "
+                          f"(two runs must not share one folder).") from None
+        _claim(f)
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 

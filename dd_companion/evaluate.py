@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap, grad
 from tqdm.auto import tqdm
 
-from .core import DDError, check_choice, check_range, check_known, atomic_torch_save, safe_torch_load, set_seed
+from .core import DDError, check_choice, check_range, check_positive, check_known, atomic_torch_save, safe_torch_load, set_seed
 from .data import RealData, load_dataset
 from .models import build_model, model_for, has_batch_norm, MODELS
 from .augment import DSA, crop_flip
@@ -48,8 +48,10 @@ class EvalProtocol:
         check_choice('model', self.model, MODELS); check_choice('augment', self.augment, AUGMENTS)
         check_choice('schedule', self.schedule, SCHEDULES)
         check_range('epochs', self.epochs, 1, None, int); check_range('runs', self.runs, 1, None, int)
-        check_range('batch_size', self.batch_size, 1, None, int)
-        if self.lr is not None: check_range('lr', self.lr, 0, None, (int, float))
+        check_range('batch_size', self.batch_size, 1, None, int); check_range('width', self.width, 1, None, int)
+        if self.lr is not None: check_positive('lr', self.lr, why=' (None: the set\'s learned step size)')
+        check_range('momentum', self.momentum, 0, 1); check_range('weight_decay', self.weight_decay, 0, None)
+        check_range('lr_min', self.lr_min, 0, None)
         return self
 
 # %% ../nbs/04_evaluate.ipynb #cell-009
@@ -296,6 +298,15 @@ def load_distilled(path, data: RealData | None = None) -> dict:
     if missing: raise DDError(f"distilled set {path} lacks the keys {sorted(missing)}; it was not written by save_distilled.")
     if d['images'].dtype != torch.float32 or d['images'].dim() != 4:
         raise DDError(f"distilled set {path}: images must be float32 N×C×H×W, got {d['images'].dtype} {tuple(d['images'].shape)}.")
+    labels, lr = d['labels'], d['lr']
+    if not torch.is_tensor(labels) or len(labels) != len(d['images']) or (labels.dim() != 1 and not labels.is_floating_point()) \
+            or (labels.is_floating_point() and labels.dim() != 2):
+        raise DDError(f"distilled set {path}: labels must be N class indices (integer) or N×K soft-label logits (float), got "
+                      f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))} for {len(d['images'])} images.")
+    if not torch.isfinite(d['images']).all() or (labels.is_floating_point() and not torch.isfinite(labels).all()):
+        raise DDError(f"distilled set {path} holds non-finite images or labels: it came from a diverged run.")
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise DDError(f"distilled set {path}: its learned step size lr={lr!r} must be a finite number > 0 (or None).")
     if data is not None:
         try: check_set_matches(d['images'], d['labels'], data)
         except DDError as err: raise DDError(f"distilled set {path}: {err}") from None

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_experiments.ipynb #cell-002
 from __future__ import annotations
-import json, tempfile
+import contextlib, hashlib, json, tempfile
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -25,9 +25,10 @@ from .methods import METHODS, Distiller, distill_config, method_label
 __all__ = ['SELECTIONS', 'SET_METHODS', 'QUICK_DISTILL_PARAMS', 'load_data', 'dataset_for', 'experts_for', 'experiment_config',
            'validation_split', 'run_folder', 'distill_cached', 'seconds_per_iteration', 'evaluate_models', 'select_set',
            'run_record', 'distill_and_evaluate', 'random_real_record', 'cost_ratios', 'summarise', 'table_rows_of',
-           'run_methods', 'export_sets', 'accuracy_bars', 'cost_benchmark', 'SynSet', 'make_set', 'evaluate_synset',
-           'held_out_training', 'select_synset', 'table_distill', 'notebook_distill', 'table_experts',
-           'table_alpha_beta', 'table_protocol', 'distill_root', 'TableSetting', 'table_setting']
+           'run_methods', 'export_sets', 'accuracy_bars', 'cost_benchmark', 'SynSet', 'make_set', 'use_eval_cache',
+           'cached_groups_evaluation', 'evaluate_synset', 'held_out_training', 'select_synset', 'table_distill',
+           'notebook_distill', 'table_experts', 'table_alpha_beta', 'table_protocol', 'distill_root', 'TableSetting',
+           'table_setting']
 
 # %% ../nbs/14_experiments.ipynb #cell-005
 @lru_cache(maxsize=8)
@@ -329,9 +330,39 @@ def make_set(method: str, data: RealData, ipc: int, *, distill: dict | None = No
                   float(sum(h['seconds'] for h in d.history)), cfg.key(), d.initial_images.clone(), d.init_extras.get('train_positions'),
                   float(cfg.lr_teacher), d.snapshots()[:-1] if cfg.snapshot_every else [])
 
+_EVAL_CACHE: list = [None]
+
+def use_eval_cache(folder) -> None:
+    """Keep every SelMatch-table evaluation as a JSON in `folder` (None: off), keyed by the set's bytes, the data, the
+    protocol, the groups and the seed — so a notebook killed mid-table resumes without training those networks again."""
+    _EVAL_CACHE[0] = None if folder is None else Path(folder)
+
+def _tensor_digest(*tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is None: h.update(b'none'); continue
+        t = torch.as_tensor(t).detach().cpu().contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode()); h.update(t.numpy().tobytes())
+    return h.hexdigest()[:20]
+
+def cached_groups_evaluation(images, labels, data: RealData, p: EvalProtocol, groups=None, *, set_lr=None, seed=0, is_real=None) -> dict:
+    "`evaluate.evaluate_groups`, served from / written to the evaluation cache when one is in use (`use_eval_cache`)."
+    folder = _EVAL_CACHE[0]
+    if folder is None: return evaluate_groups(images, labels, data, p, groups, set_lr=set_lr, seed=seed, is_real=is_real)
+    key = config_hash({'set': _tensor_digest(images, labels, is_real), 'set_lr': None if set_lr is None else float(set_lr), 'seed': seed,
+                       'protocol': asdict(p), 'data': [data.name, data.zca is not None, _tensor_digest(data.train.index, data.test.index)],
+                       'groups': {k: _tensor_digest(v) for k, v in (groups or {}).items()}})
+    path = folder / f'eval-{key}.json'
+    if path.exists():
+        with contextlib.suppress(ValueError, OSError): return json.loads(path.read_text())
+    r = evaluate_groups(images, labels, data, p, groups, set_lr=set_lr, seed=seed, is_real=is_real)
+    folder.mkdir(parents=True, exist_ok=True); atomic_save_json(path, r)
+    return r
+
 def evaluate_synset(s: SynSet, data: RealData, p: EvalProtocol, groups: dict | None = None, seed: int = 0, **overrides) -> dict:
-    "`evaluate.evaluate_groups` of a SynSet (its `is_real` mark and learned step size), protocol fields overridable."
-    return evaluate_groups(s.images, s.labels, data, replace(p, **overrides).validate(), groups, set_lr=s.syn_lr, seed=seed, is_real=s.is_real)
+    "`evaluate.evaluate_groups` of a SynSet (its `is_real` mark and learned step size), protocol fields overridable; cached with `use_eval_cache`."
+    return cached_groups_evaluation(s.images, s.labels, data, replace(p, **overrides).validate(), groups, set_lr=s.syn_lr, seed=seed,
+                                    is_real=s.is_real)
 
 # %% ../nbs/14_experiments.ipynb #cell-042
 def held_out_training(data: RealData, per_class: int = 50, exclude=None, seed: int = 0) -> RealData:
@@ -359,8 +390,8 @@ def select_synset(s: SynSet, data: RealData, p: EvalProtocol, select: str = 'fin
     cands += list(s.snapshots) + [{'iteration': len(s.history), 'images': s.images, 'labels': s.labels, 'syn_lr': s.syn_lr}]
     curve = []
     for c in cands:
-        e = evaluate_groups(c['images'], c['labels'], judge, replace(p, **{**overrides, 'runs': score_runs}).validate(),
-                            set_lr=float(c['syn_lr']), seed=seed, is_real=s.is_real)
+        e = cached_groups_evaluation(c['images'], c['labels'], judge, replace(p, **{**overrides, 'runs': score_runs}).validate(),
+                                     set_lr=float(c['syn_lr']), seed=seed, is_real=s.is_real)
         curve.append({'iteration': int(c['iteration']), 'mean': e['mean'], 'accs': e['accs']})
     best = max(range(len(cands)), key=lambda i: (curve[i]['mean'], curve[i]['iteration']))
     c = cands[best]

@@ -16,7 +16,7 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import (check_writable_dir, remove_stale_tmp, DDError, check_choice, check_range, check_known, check_scale,
-                               atomic_torch_save, atomic_save_json, safe_torch_load, runs_dir, environment_info, peak_rss_mb)
+                               check_positive, check_per_class, exclusive_lock, atomic_torch_save, atomic_save_json, safe_torch_load, runs_dir, environment_info, peak_rss_mb)
 from .data import RealData, load_dataset, DATASETS
 from .models import model_for, FlatModel, MODELS
 from .metagrad import InnerLoss, OuterTerm, StepPlan, meta_gradient_unrolled, meta_gradient_checkpointed
@@ -109,7 +109,11 @@ def _check_values(cfg: DistillConfig):
     check_range('expert_epochs', cfg.expert_epochs, 1, None, int); check_range('iterations', cfg.iterations, 0, None, int)
     check_range('min_start_epoch', cfg.min_start_epoch, 0, None, int)
     check_range('max_start_epoch', cfg.max_start_epoch, cfg.min_start_epoch + 1, None, int, ' (it must exceed min_start_epoch)')
-    for n in ('lr_img', 'lr_lr', 'lr_y', 'lr_teacher'): check_range(n, getattr(cfg, n), 0, None)
+    for n in ('lr_lr', 'lr_y'): check_range(n, getattr(cfg, n), 0, None)
+    check_positive('lr_teacher', cfg.lr_teacher, why=' (the student\'s initial step size; 0 never moves it)')
+    check_positive('lr_img', cfg.lr_img); check_range('lr_img', cfg.lr_img, 0, 1e7, why=' (the published values are at most 1e5)')
+    for n in ('train_per_class', 'test_per_class'): check_per_class(n, getattr(cfg, n))
+    if cfg.num_experts is not None: check_range('num_experts', cfg.num_experts, 1, None, int, ' (None: every expert of the buffer)')
     check_range('momentum', cfg.momentum, 0, 1)
     check_range('max_lr_factor', cfg.max_lr_factor, 1, None); check_range('max_pixel_factor', cfg.max_pixel_factor, 1, None)
     check_range('seed', cfg.seed, 0, None, int)
@@ -187,7 +191,8 @@ class Distiller:
         _check_data(cfg, self.data)
         self.buffer = buffer or build_experts(ecfg, data=self.data, progress=progress)
         _check_buffer(cfg, self.buffer)
-        remove_stale_tmp(self.out_dir, only_dead=False)            # one Distiller per out_dir: these are a killed run's
+        with exclusive_lock(self.out_dir / '.lock', f'the run folder {self.out_dir}'):   # no live run here: leftovers are a killed run's
+            remove_stale_tmp(self.out_dir, only_dead=False)
         self._build_student()
         self.ckpt_path = self.out_dir / 'checkpoint.pt'
         self._init_state()
@@ -326,16 +331,24 @@ def load_checkpoint(self: Distiller, path=None):
     "Restore the state from a checkpoint of the same configuration."
     path = Path(path or self.ckpt_path)
     s = safe_torch_load(path, 'distillation checkpoint')
-    if s.get('config_key') != self.cfg.key():
-        raise DDError(f"checkpoint {path} belongs to another configuration (key {s.get('config_key')}, this run {self.cfg.key()}); "
-                      f"use another out_dir or delete it.")
-    with torch.no_grad():
-        self.images.copy_(s['images']); self.syn_lr.copy_(s['syn_lr'])
-        if self.labels.is_floating_point(): self.labels.copy_(s['labels'])
-    self.opt_img.load_state_dict(s['opt_img']); self.opt_lr.load_state_dict(s['opt_lr'])
-    if self.opt_y: self.opt_y.load_state_dict(s['opt_y'])
-    for k, g in self.streams.items(): g.set_state(s['streams'][k])
-    self.iteration, self.history, self.evals = s['iteration'], json.loads(s['history']), json.loads(s['evals'])
+    if not isinstance(s, dict) or s.get('config_key') != self.cfg.key():
+        raise DDError(f"checkpoint {path} belongs to another configuration (key {s.get('config_key') if isinstance(s, dict) else '?'}, "
+                      f"this run {self.cfg.key()}); use another out_dir or delete it.")
+    try:
+        if not all(torch.isfinite(torch.as_tensor(s[k], dtype=torch.float32)).all() for k in ('images', 'syn_lr', 'labels')):
+            raise DDError(f"checkpoint {path} holds non-finite images, labels or step size: it is not a good checkpoint to resume "
+                          f"from; delete it to start this run again.")
+        with torch.no_grad():
+            self.images.copy_(s['images']); self.syn_lr.copy_(s['syn_lr'])
+            if self.labels.is_floating_point(): self.labels.copy_(s['labels'])
+        self.opt_img.load_state_dict(s['opt_img']); self.opt_lr.load_state_dict(s['opt_lr'])
+        if self.opt_y: self.opt_y.load_state_dict(s['opt_y'])
+        for k, g in self.streams.items(): g.set_state(s['streams'][k])
+        iteration, history, evals = int(s['iteration']), json.loads(s['history']), json.loads(s['evals'])
+    except DDError: raise
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise DDError(f"checkpoint {path} is damaged ({type(e).__name__}: {str(e)[:200]}); delete it to start this run again.") from None
+    self.iteration, self.history, self.evals = iteration, history, evals
     self.last_ckpt = str(path)
     return self
 
@@ -359,7 +372,13 @@ def export(self: Distiller, path=None):
 # %% ../nbs/08_matching.ipynb #cell-040
 @patch
 def run(self: Distiller, iterations: int | None = None, evaluate: bool = True) -> dict:
-    "Distil up to `iterations` (default cfg.iterations), with checkpoints and evaluations; returns a summary."
+    """Distil up to `iterations` (default cfg.iterations), with checkpoints and evaluations; returns a summary. The run
+    folder is locked meanwhile: a second run on it, from any process, stops at once with an error naming the holder."""
+    with exclusive_lock(self.out_dir / '.lock', f'the run folder {self.out_dir}'):
+        return self._run(iterations, evaluate)
+
+@patch
+def _run(self: Distiller, iterations: int | None, evaluate: bool) -> dict:
     cfg = self.cfg
     total = cfg.iterations if iterations is None else iterations
     bar = tqdm(total=total, initial=min(self.iteration, total), desc=f'distil ipc={cfg.ipc}', disable=not self.progress)
@@ -377,6 +396,7 @@ def run(self: Distiller, iterations: int | None = None, evaluate: bool = True) -
                'peak_rss_mb': peak_rss_mb()}
     if evaluate and (not self.evals or self.evals[-1]['iteration'] != self.iteration):
         self.evals.append({'iteration': self.iteration, **self.evaluate().to_dict()})
+        self.save_checkpoint()                                      # with its final evaluation: a rerun does not repeat it
     summary['final_eval'] = self.evals[-1] if self.evals else None
     self.export()
     atomic_save_json(self.out_dir / 'summary.json', {'config': asdict(cfg), 'summary': summary, 'history': self.history,

@@ -93,6 +93,14 @@ def _display(png):
     return nbformat.v4.new_output('display_data', data={'image/png': png, 'text/plain': '<Figure size 100x100 with 1 Axes>'})
 
 
+def test_source_line_numbers_of_show_doc_links_are_not_compared():
+    tool = _tool()
+    link = '[source](https://github.com/o/r/blob/main/dd_companion/evaluate.py#L{}){{target="_blank"}}'
+    assert tool._norm_text(link.format(63)) == tool._norm_text(link.format(65))
+    assert tool._norm_text(link.format(63)) != tool._norm_text(link.format(63).replace('evaluate', 'matching'))
+    assert tool._norm_text('moved 63 lines') != tool._norm_text('moved 65 lines')
+
+
 def test_images_are_compared_by_pixels_with_a_tolerance():
     import numpy as np
     tool = _tool()

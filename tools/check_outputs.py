@@ -53,7 +53,12 @@ def _text(v) -> str:
     return ''.join(v) if isinstance(v, list) else str(v)
 
 
+# show_doc's "[source]" links carry the line number of the definition, which moves with every edit above it
+SOURCE_LINE = re.compile(r'(/blob/[^\s)#]+\.py)#L\d+')
+
+
 def _norm_text(s: str) -> list[str]:
+    s = SOURCE_LINE.sub(r'\1#L', s)
     lines = [l.rstrip() for l in s.replace('\r\n', '\n').split('\n')]
     while lines and not lines[-1]: lines.pop()
     return lines
