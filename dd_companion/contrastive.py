@@ -172,7 +172,6 @@ class ContrastiveUpdate(InnerLoss):
     "Inner loss CE(view 1) + μ·L_con(view 1, view 2) — DATM-CLR's Contrastive Update (SimCLR views: CE keeps a DSA view)."
     def __init__(self, mu: float, term: ContrastiveTerm):
         self.mu, self.term = mu, term
-        self.num_draws = 3 if term.views == 'simclr' else 2
     def draw(self, n: int, shape, generator, device='cpu') -> list:
         ce = [draw_dsa(n, shape, generator, device=device)] if self.term.views == 'simclr' else []
         return ce + self.term.draw(n, shape, generator, device)
@@ -186,7 +185,6 @@ class ContrastiveUpdate(InnerLoss):
 # %% ../nbs/10_contrastive.ipynb #cell-029
 class ContrastiveFusion(OuterTerm):
     "Outer term λ·L_con(view 1, view 2) of the synthetic set at the student's final parameters — Contrastive Fusion."
-    num_draws = 2
     name = 'con_fusion'
     def __init__(self, lam: float, term: ContrastiveTerm):
         self.weight, self.term = lam, term

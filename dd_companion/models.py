@@ -13,9 +13,9 @@ from torch.func import functional_call
 from .core import DDError, check_choice
 
 # %% auto #0
-__all__ = ['NORMS', 'VGG_CONFIGS', 'MODELS', 'norm_layer', 'ConvNet', 'BasicBlock', 'Bottleneck', 'ResNet', 'ResNet18', 'VGG',
-           'VGG11', 'AlexNet', 'ShiftedPatchTokens', 'LocalitySelfAttention', 'TransformerBlock', 'ViT', 'build_model',
-           'model_for', 'has_batch_norm', 'FlatModel']
+__all__ = ['NORMS', 'VGG_CONFIGS', 'MODELS', 'norm_layer', 'ConvNet', 'shortcut', 'BasicBlock', 'Bottleneck', 'ResNet',
+           'ResNet18', 'VGG', 'VGG11', 'AlexNet', 'ShiftedPatchTokens', 'LocalitySelfAttention', 'TransformerBlock',
+           'ViT', 'build_model', 'model_for', 'has_batch_norm', 'FlatModel']
 
 # %% ../nbs/02_models.ipynb #cell-005
 NORMS = ['instance', 'batch', 'none']
@@ -48,6 +48,11 @@ class ConvNet(nn.Module):
         return (logits, f) if output == 'both' else logits
 
 # %% ../nbs/02_models.ipynb #cell-013
+def shortcut(cin: int, cout: int, stride: int, norm) -> nn.Sequential:
+    "A residual block's shortcut: the identity, or a strided 1×1 convolution + norm when the shape changes."
+    if stride == 1 and cin == cout: return nn.Sequential()
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm_layer(norm, cout))
+
 class BasicBlock(nn.Module):
     "ResNet basic block: two 3×3 conv → norm layers plus a (projected when needed) shortcut."
     expansion = 1
@@ -55,9 +60,7 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False); self.bn1 = norm_layer(norm, cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False); self.bn2 = norm_layer(norm, cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm_layer(norm, cout))
+        self.shortcut = shortcut(cin, cout, stride, norm)
     def forward(self, x):
         "relu(norm(conv(relu(norm(conv(x))))) + shortcut(x))."
         out = F.relu(self.bn1(self.conv1(x)))
@@ -73,9 +76,7 @@ class Bottleneck(nn.Module):
         self.conv1 = nn.Conv2d(cin, planes, 1, bias=False); self.bn1 = norm_layer(norm, planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False); self.bn2 = norm_layer(norm, planes)
         self.conv3 = nn.Conv2d(planes, cout, 1, bias=False); self.bn3 = norm_layer(norm, cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm_layer(norm, cout))
+        self.shortcut = shortcut(cin, cout, stride, norm)
     def forward(self, x):
         "relu(norm(conv3(relu(norm(conv2(relu(norm(conv1(x)))))))) + shortcut(x))."
         out = F.relu(self.bn1(self.conv1(x)))
