@@ -111,7 +111,8 @@ def _check_values(cfg: DistillConfig):
     check_range('max_start_epoch', cfg.max_start_epoch, cfg.min_start_epoch + 1, None, int, ' (it must exceed min_start_epoch)')
     for n in ('lr_lr', 'lr_y'): check_range(n, getattr(cfg, n), 0, None)
     check_positive('lr_teacher', cfg.lr_teacher, why=' (the student\'s initial step size; 0 never moves it)')
-    check_range('lr_img', cfg.lr_img, 0, 1e7, why=' (0: the images stay as initialised; the published values are at most 1e5)')
+    check_range('lr_img', cfg.lr_img, 0, None)                                         # 0: the images stay as initialised
+    check_range('lr_img', cfg.lr_img, None, 1e7, why=' (the published values are at most 1e5)')
     for n in ('train_per_class', 'test_per_class'): check_per_class(n, getattr(cfg, n))
     if cfg.num_experts is not None: check_range('num_experts', cfg.num_experts, 1, None, int, ' (None: every expert of the buffer)')
     check_range('momentum', cfg.momentum, 0, 1)
