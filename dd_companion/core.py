@@ -288,30 +288,29 @@ def _claim(f):
     f.seek(0); f.truncate(); f.write(f"process {os.getpid()} ({' '.join(sys.argv[:3])[:120]})"); f.flush()
 
 @contextlib.contextmanager
-def file_lock(path, poll: float = 0.5, message: str | None = None):
-    "Hold an exclusive advisory lock on `path` for the duration of the block (waits for other holders, naming them)."
+def _locked(path, when_busy):
+    "Hold the exclusive lock on `path` for the block; `when_busy(f, path)` decides what a held lock means (wait or raise)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, 'a+') as f:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if message: print(f'{message} (held by {lock_holder(path)})', file=sys.stderr)
-            fcntl.flock(f, fcntl.LOCK_EX)
+        except BlockingIOError: when_busy(f, path)
         _claim(f)
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-@contextlib.contextmanager
+def file_lock(path, poll: float = 0.5, message: str | None = None):
+    "Hold an exclusive advisory lock on `path` for the duration of the block (waits for other holders, naming them)."
+    def wait(f, path):
+        if message: print(f'{message} (held by {lock_holder(path)})', file=sys.stderr)
+        fcntl.flock(f, fcntl.LOCK_EX)
+    return _locked(path, wait)
+
 def exclusive_lock(path, what: str):
     "Hold the lock on `path` for the block, or raise a `DDError` naming `what` and its holder at once (no waiting)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'a+') as f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DDError(f"{what} is in use by {lock_holder(path)}; wait for it to finish or stop it "
-                          f"(two runs must not share one folder).") from None
-        _claim(f)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+    def refuse(f, path):
+        raise DDError(f"{what} is in use by {lock_holder(path)}; wait for it to finish or stop it "
+                      f"(two runs must not share one folder).") from None
+    return _locked(path, refuse)
 
 # %% ../nbs/00_core.ipynb #cell-053
 def experiment_out(name: str, out_dir: str = '') -> Path:
