@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #cell-002
 from __future__ import annotations
-import contextlib, hashlib, io, json, math, os, platform, random, re, resource, sys, tempfile, time
+import atexit, contextlib, hashlib, io, json, math, os, platform, random, re, resource, shutil, sys, tempfile, time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -12,14 +12,15 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['APP_NAME', 'PACKAGE_ROOT', 'SCALES', 'PARAM_TYPES', 'is_checkout', 'checkout_root', 'project_root', 'package_dir',
-           'user_dirs', 'default_dirs', 'data_dir', 'downloads_dir', 'buffers_dir', 'runs_dir', 'figures_dir',
-           'notebooks_dir', 'DDError', 'check_choice', 'check_range', 'check_positive', 'check_per_class',
-           'check_known', 'check_scale', 'atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'atomic_save_json',
-           'atomic_torch_save', 'atomic_savefig', 'remove_stale_tmp', 'check_writable_dir', 'safe_torch_load',
-           'sha256_file', 'config_hash', 'set_seed', 'peak_rss_mb', 'Timer', 'environment_info', 'default_device',
-           'lock_holder', 'file_lock', 'exclusive_lock', 'experiment_out', 'save_results', 'fmt_mean_std', 'save_table',
-           'base_type_name', 'type_matches', 'check_notebook_params']
+__all__ = ['APP_NAME', 'PACKAGE_ROOT', 'SCALES', 'STAGED_VAR', 'UNPUBLISHED', 'PARAM_TYPES', 'is_checkout', 'checkout_root',
+           'project_root', 'package_dir', 'user_dirs', 'default_dirs', 'data_dir', 'downloads_dir', 'buffers_dir',
+           'runs_dir', 'figures_dir', 'notebooks_dir', 'DDError', 'check_choice', 'check_range', 'check_positive',
+           'check_per_class', 'check_known', 'check_scale', 'atomic_write', 'atomic_write_bytes', 'atomic_write_text',
+           'atomic_save_json', 'atomic_torch_save', 'atomic_savefig', 'remove_stale_tmp', 'check_writable_dir',
+           'safe_torch_load', 'sha256_file', 'config_hash', 'set_seed', 'peak_rss_mb', 'Timer', 'environment_info',
+           'default_device', 'lock_holder', 'file_lock', 'exclusive_lock', 'published_dir', 'publish_files',
+           'remove_dead_staging', 'experiment_out', 'save_results', 'fmt_mean_std', 'save_table', 'base_type_name',
+           'type_matches', 'check_notebook_params']
 
 # %% ../nbs/00_core.ipynb #cell-005
 APP_NAME = 'dd_companion'
@@ -313,18 +314,66 @@ def exclusive_lock(path, what: str):
     return _locked(path, refuse)
 
 # %% ../nbs/00_core.ipynb #cell-053
+STAGED_VAR = 'DD_COMPANION_STAGED'        # set to 1 by a caller that stages and publishes a notebook's outputs itself
+UNPUBLISHED = '.unpublished'              # the staging folders of notebooks run directly (papermill, Jupyter)
+
+def published_dir(out) -> Path:
+    "The folder `out`'s files are published to: the output folder whose staging folder `out` is, or `out` itself."
+    out = Path(out)
+    return out.parent.parent if out.parent.name == UNPUBLISHED else out
+
+def publish_files(stage, out, last: str | None = None) -> list:
+    "Move every file under `stage` into the same place under `out` (`last`, by name, moved last); their relative paths."
+    stage, out = Path(stage), Path(out)
+    files = sorted((p for p in stage.rglob('*') if p.is_file() and not p.name.startswith('.')),
+                   key=lambda p: (p.name == last, str(p)))
+    for p in files:
+        dst = out / p.relative_to(stage)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(p, dst)
+    return [str(p.relative_to(stage)) for p in files]
+
+def _remove_path(p: Path):
+    if p.is_symlink() or not p.is_dir(): p.unlink(missing_ok=True)
+    else: shutil.rmtree(p, ignore_errors=True)
+
+def remove_dead_staging(out) -> list:
+    "Remove the staging folders under `<out>/.unpublished/` of processes that no longer run; their names."
+    removed, area = [], Path(out) / UNPUBLISHED
+    for p in sorted(area.glob('*-*')):
+        pid = p.name.rsplit('-', 1)[1]
+        if pid.isdigit() and not _pid_alive(int(pid)): _remove_path(p); removed.append(p.name)
+    with contextlib.suppress(OSError): area.rmdir()         # only if empty
+    return removed
+
+# %% ../nbs/00_core.ipynb #cell-060
+def _unlink_at_exit(link: Path):
+    atexit.register(lambda: link.unlink(missing_ok=True) if link.is_symlink() else None)
+
 def experiment_out(name: str, out_dir: str = '') -> Path:
-    "The output folder of an experiment notebook (created; must be writable)."
+    """The folder an experiment notebook writes into (created; must be writable): a staging folder under
+    `<out_dir>/.unpublished/`, published by `save_results`, or `out_dir` itself where the caller stages (`STAGED_VAR`)."""
     out = check_writable_dir(Path(out_dir) if out_dir else runs_dir() / 'smoke' / name, 'out_dir')
     remove_stale_tmp(out, prefix=name)                    # left by a run of this experiment killed mid-write
-    return out
+    if os.environ.get(STAGED_VAR) == '1': return out
+    remove_dead_staging(out)
+    stage = out / UNPUBLISHED / f'{name}-{os.getpid()}'
+    _remove_path(stage)                                   # this process's earlier run (a notebook run twice in Jupyter)
+    stage.mkdir(parents=True)
+    return stage
 
 def save_results(out: Path, name: str, params: dict, results: dict) -> Path:
-    "Write `<out>/<name>.json`: parameters, their hash, results, environment, finish time."
-    path = Path(out) / f'{name}.json'
+    """Write `<out>/<name>.json` (parameters, their hash, results, environment, finish time) and, if `out` is a staging
+    folder, publish all of it; later writes to `out` go straight to the published folder. Returns the JSON's path there."""
+    out = Path(out); dest = published_dir(out)
+    path = out / f'{name}.json'
     atomic_save_json(path, {'experiment': name, 'config_hash': config_hash(params), 'params': params, 'results': results,
                             'environment': environment_info(), 'finished': time.strftime('%Y-%m-%dT%H:%M:%S%z')})
-    return path
+    if dest != out and not out.is_symlink():
+        publish_files(out, dest, last=path.name)
+        shutil.rmtree(out)
+        out.symlink_to(os.path.relpath(dest, out.parent)); _unlink_at_exit(out)
+    return dest / path.name
 
 # %% ../nbs/00_core.ipynb #cell-057
 def fmt_mean_std(values, scale: float = 100.0, digits: int = 1) -> str:
@@ -343,7 +392,7 @@ def save_table(rows: list, out: Path, name: str, title: str = '') -> tuple:
     atomic_write_text(csv_path, '\n'.join(csv_lines) + '\n'); atomic_write_text(md_path, '\n'.join(md) + '\n')
     return csv_path, md_path
 
-# %% ../nbs/00_core.ipynb #cell-061
+# %% ../nbs/00_core.ipynb #cell-059-1-1
 PARAM_TYPES = {'int': int, 'float': (int, float), 'str': str, 'list': (list, tuple), 'bool': bool, 'dict': dict}
 
 def base_type_name(annotation) -> str | None:

@@ -316,23 +316,29 @@ def load_distilled(path, data: RealData | None = None) -> dict:
     return d
 
 # %% ../nbs/04_evaluate.ipynb #cell-070
-def plot_image_grid(images, labels, data: RealData, *, per_class: int | None = None, path=None, title: str = '', max_classes: int = 10):
-    "Grid of images, one row per class (hard labels, or the argmax of soft labels)."
+def plot_image_grid(images, labels, data: RealData, *, per_class: int | None = None, path=None, title: str = '', max_classes: int = 10,
+                    cmap: str | None = None, vmax: float | None = None):
+    """Grid of images, one row per class (hard labels, or the argmax of soft labels). With `cmap`, `images` are N×H×W
+    maps (e.g. how far each pixel moved), drawn on one colour scale from 0 to `vmax` (default: their maximum)."""
     import matplotlib.pyplot as plt
     from dd_companion.core import atomic_savefig
     y = labels.argmax(-1) if labels.is_floating_point() else labels
     classes = sorted(set(y.tolist()))[:max_classes]
     per_class = per_class or max(int((y == c).sum()) for c in classes)
-    shown = data.to_display(images)
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9 + 0.8, len(classes) * 0.9 + 0.4), squeeze=False)
+    shown = images.detach().float() if cmap else data.to_display(images)
+    vmax = (float(shown.max()) or 1.0) if cmap and vmax is None else vmax
+    top = 0.25 * (title.count('\n') + 1) + 0.1 if title else 0.0           # inches kept free for the title
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9 + 1.0, len(classes) * 0.9 + 0.4 + top), squeeze=False)
     for r, c in enumerate(classes):
         pos = (y == c).nonzero().flatten()[:per_class]
         for j in range(per_class):
             ax = axes[r][j]; ax.set_xticks([]); ax.set_yticks([])
             for s in ax.spines.values(): s.set_visible(False)
-            if j < len(pos): ax.imshow(shown[pos[j]].permute(1, 2, 0).numpy())
-        axes[r][0].set_ylabel(data.classes[c][:8], rotation=0, ha='right', va='center', fontsize=8)
+            if j >= len(pos): continue
+            if cmap: ax.imshow(shown[pos[j]].numpy(), cmap=cmap, vmin=0, vmax=vmax)
+            else: ax.imshow(shown[pos[j]].permute(1, 2, 0).numpy())
+        axes[r][0].set_ylabel(data.classes[c], rotation=0, ha='right', va='center', fontsize=8)
     if title: fig.suptitle(title, fontsize=10)
-    fig.tight_layout(pad=0.2)
+    fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - top / fig.get_figheight()))
     if path: atomic_savefig(fig, path)
     return fig

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import DDError, check_choice, check_range, check_scale, config_hash, atomic_save_json, file_lock, runs_dir, fmt_mean_std
+from .core import (DDError, check_choice, check_range, check_scale, config_hash, atomic_save_json, file_lock, runs_dir, fmt_mean_std,
+                               published_dir)
 from .data import RealData, Split, load_dataset
 from .evaluate import EvalProtocol, evaluate_set, evaluate_groups, protocol as eval_protocol, random_real_set
 from .buffers import build_experts
@@ -428,9 +429,9 @@ def table_protocol(scale: str, ratio: float, width: int = 32, budget: float = 10
     return selmatch_protocol('quick', ratio, **{'width': width, 'epochs': quick_eval_epochs(ratio, budget), 'runs': runs, **overrides})
 
 def distill_root(distill_dir: str, out):
-    "Folder of a notebook's distillations: '' = <out>/distill, 'shared' = runs/distill, else the given path."
+    "Folder of a notebook's distillations: '' = <out>/distill (of the published folder: resumable), 'shared' = runs/distill, else the given path."
     if distill_dir == 'shared': return runs_dir() / 'distill'
-    return Path(distill_dir) if distill_dir else Path(out) / 'distill'
+    return Path(distill_dir) if distill_dir else published_dir(out) / 'distill'
 
 # %% ../nbs/14_experiments.ipynb #cell-048
 @dataclass

@@ -341,8 +341,9 @@ _PROJECT_PRESETS = {
     # seconds and memory per iteration of each meta-gradient engine at the quick problem size (torch's default threads)
     'benchmark': {
         'quick': dict(width=128, syn_steps=20, ipcs=[1, 10], batch_syns=[10, 100], reps=5, reps_large=5, warmup=1,
-                      engines=['unrolled', 'checkpointed', 'fast', 'fast_compiled'], threads=0, rate_reps=10,
-                      mem_ipc=10, mem_batch_syn=100, mem_steps=[10, 20, 40], mem_engines=['unrolled', 'checkpointed', 'fast'],
+                      engines=['unrolled', 'checkpointed', 'fast', 'fast_compiled', 'fast_convnet', 'fast_convnet_mixed',
+                               'fast_convnet_bf16'], threads=0, rate_reps=10,
+                      mem_ipc=10, mem_batch_syn=100, mem_steps=[10, 20, 40], mem_engines=['unrolled', 'checkpointed', 'fast', 'fast_convnet_mixed'],
                       max_rss_gb=12.0, scale_steps=[5, 10, 20], scale_ipcs=[1, 2, 5], scale_batch_syns=[10, 25, 50],
                       scale_engine='fast', scale_memory=True, eval_ipc=1, eval_epochs=300, eval_runs=5, expert_epochs=2,
                       expert_compile=True, train_per_class=0, test_per_class=0),

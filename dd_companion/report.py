@@ -17,8 +17,8 @@ from .papers import PAPERS, SOURCE_TAGS, ENTRIES, NOTEBOOK_PRESETS, Entry, table
 # %% auto #0
 __all__ = ['LOCATION_PARAMS', 'NotebookParam', 'parameters_cell', 'notebook_parameters', 'check_overrides', 'read_results',
            'run_key', 'planned_params', 'stored_key', 'results_json', 'default_out', 'default_runs', 'Registry',
-           'check_presets', 'Task', 'plan', 'papermill_command', 'manual_command', 'format_plan', 'entry_status',
-           'format_list', 'render_tables']
+           'check_presets', 'Task', 'plan', 'papermill_command', 'manual_command', 'recorded_run', 'format_plan',
+           'entry_status', 'format_list', 'render_tables']
 
 # %% ../nbs/16_report.ipynb #cell-005
 @dataclass
@@ -293,17 +293,55 @@ def manual_command(task: Task) -> str:
             f'-y {shlex.quote(y)}')
 
 # %% ../nbs/16_report.ipynb #cell-041
+def _inside(out: Path, name) -> Path | None:
+    "`out / name` with every symlink resolved, if it lies inside the output folder `out`; None otherwise."
+    if not isinstance(name, str) or not name: return None
+    root = Path(out).resolve(); p = (root / name).resolve()
+    return p if p != root and p.is_relative_to(root) else None
+
+def _load(path) -> dict | None:
+    "The JSON object in `path`, or None if it is absent, unreadable or not an object."
+    with contextlib.suppress(OSError, ValueError):
+        doc = json.loads(Path(path).read_text())
+        return doc if isinstance(doc, dict) else None
+    return None
+
+def recorded_run(out, notebook: str) -> dict | None:
+    "The runner's record of `notebook`'s last successful run into `out` (seconds, key, finished), or None."
+    p = _inside(Path(out), f'.reproduce/{notebook}.json')
+    rec = _load(p) if p else None
+    return rec if rec and isinstance(rec.get('seconds'), (int, float)) else None
+
+def _minutes(s: float) -> str: return f'{s / 60:.1f} min' if s >= 60 else f'{s:.0f} s'
+
+def _estimate(t) -> tuple:
+    "(seconds or None, words) of a planned task, from the last recorded run of its notebook in its output folder."
+    rec = recorded_run(t.out, t.notebook)
+    if rec is None: return None, 'no earlier run recorded here'
+    same = rec.get('key') == t.key
+    return float(rec['seconds']), (f"{_minutes(rec['seconds'])} (its last run here, {'this' if same else 'another'} configuration"
+                                   f"{'' if same else ': indicative'}, finished {rec.get('finished', '?')})")
+
 def format_plan(tasks, notes, *, preset, out, runs) -> str:
     "The `--dry-run` text: per task what is injected and echoed, and the papermill command; then what is skipped."
     lines = [f'dry run — preset {preset!r}: {sum(not t.cached for t in tasks)} to run, {sum(t.cached for t in tasks)} cached; '
              f'outputs to {out}, executed notebooks to {runs}']
+    known, unknown = 0.0, []
     for t in tasks:
         lines.append(f"{'cached' if t.cached else 'run':<7} {t.notebook}  [{', '.join(t.entries)}]  key {t.key}")
+        if not t.cached:
+            sec, words = _estimate(t)
+            lines.append(f'        estimate: {words}')
+            if sec is None: unknown.append(t.notebook)
+            else: known += sec
         lines.append(f'        {t.input}  →  {t.executed}')
         lines.append(f'        injected: {json.dumps(t.overrides)}')
         if not t.cached: lines.append(f'        by hand:  {manual_command(t)}')
         if t.params is not None: lines.append(f'        echoed:   {json.dumps(t.params)}')
     for i, why in notes: lines.append(f'skip    {i}: {why}')
+    if any(not t.cached for t in tasks):
+        lines.append(f'estimate: {_minutes(known)} one notebook at a time from earlier runs recorded in the output folder'
+                     + (f', plus {len(unknown)} never run there ({", ".join(unknown)})' if unknown else ''))
     return '\n'.join(lines)
 
 # %% ../nbs/16_report.ipynb #cell-044
@@ -345,18 +383,7 @@ def format_list(registry: Registry, preset: str, *, out=None, only=None) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/16_report.ipynb #cell-049
-def _inside(out: Path, name) -> Path | None:
-    "`out / name` with every symlink resolved, if it lies inside the output folder `out`; None otherwise."
-    if not isinstance(name, str) or not name: return None
-    root = Path(out).resolve(); p = (root / name).resolve()
-    return p if p != root and p.is_relative_to(root) else None
-
-def _load(path) -> dict | None:
-    "The JSON object in `path`, or None if it is absent, unreadable or not an object."
-    with contextlib.suppress(OSError, ValueError):
-        doc = json.loads(Path(path).read_text())
-        return doc if isinstance(doc, dict) else None
-    return None
+# see `recorded_run` (defined with the dry run, which uses it)
 
 # %% ../nbs/16_report.ipynb #cell-053
 def _entry_files(out: Path, notebook: str, warnings: list) -> tuple:
@@ -419,6 +446,22 @@ def _entry_section(registry: Registry, e: Entry, preset: str, out: Path, rendere
                  f"finished {doc.get('finished', '?')}" + (f", {rec['seconds']} s" if rec.get('seconds') else '') + '</sub>', '']
 
 # %% ../nbs/16_report.ipynb #cell-058
+def _cost_section(registry: Registry, preset: str, out: Path) -> list:
+    "Markdown lines: the wall time of each notebook's last recorded run into `out`, whether its results are current, and the total."
+    rows, total = [], 0.0
+    for nb in dict.fromkeys(e.notebook for e in registry.entries if e.notebook):
+        rec = recorded_run(out, nb)
+        if rec is None: continue
+        status = {entry_status(registry, e, preset, out) for e in registry.entries if e.notebook == nb}
+        rows.append({'notebook': nb, 'wall time': _minutes(rec['seconds']), 'results': ', '.join(sorted(status)),
+                     'finished': rec.get('finished', '?')})
+        total += float(rec['seconds'])
+    if not rows: return []
+    csv, mdp = save_table(rows, out / 'tables', 'cost', f'Wall time of the last run of each notebook into this folder '
+                          f'as it ran (notebooks run side by side with --jobs share the CPU, each taking longer); total {_minutes(total)}')
+    return ['## Cost', '', Path(mdp).read_text(), f'(CSV: `tables/{Path(csv).name}`; `dd-companion reproduce --dry-run` '
+            f'estimates a run from these records)', '']
+
 def render_tables(registry: Registry, preset: str, out) -> dict:
     "Render side-by-side tables for every table entry with results in `out`; write the index REPRODUCE.md (and return its warnings)."
     out = Path(out)
@@ -434,6 +477,7 @@ def render_tables(registry: Registry, preset: str, out) -> dict:
         if not entries: continue
         md += [f'## {paper}' + ('' if paper == 'project' else f' — {PAPERS[paper]}'), '']
         for e in entries: md += _entry_section(registry, e, preset, out, rendered, errors, warnings)
+    md += _cost_section(registry, preset, out)
     md += ['## Reported numbers (the whole registry)', '']
     csv, mdp = save_table(reported_rows(), out / 'tables', 'reported', 'Reported test accuracy (%), with source tags')
     md += [Path(mdp).read_text()]

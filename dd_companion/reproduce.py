@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dd_companion
 from .core import (DDError, SCALES, check_choice, atomic_save_json, atomic_write_text, file_lock, notebooks_dir,
-                               buffers_dir, check_writable_dir)
+                               buffers_dir, check_writable_dir, publish_files, STAGED_VAR)
 from .papers import reported_rows, format_paper_configurations
 from .report import (Registry, Task, plan, papermill_command, format_plan, results_json, read_results, stored_key,
                                  default_out, default_runs, format_list, render_tables)
@@ -58,13 +58,7 @@ def _log_tail(path, n: int = 3) -> str:
 # %% ../nbs/17_reproduce.ipynb #cell-013
 def _publish(stage: Path, out: Path, last: str) -> list:
     "Move the files of a finished run from `stage` into `out` (the results JSON `last`); returns their names."
-    files = sorted((p for p in stage.rglob('*') if p.is_file() and not p.name.startswith('.')),
-                   key=lambda p: (p.name == last, str(p)))
-    moved = []
-    for p in files:
-        rel = p.relative_to(stage); dst = out / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(p, dst); moved.append(str(rel))
+    moved = publish_files(stage, out, last)
     shutil.rmtree(stage, ignore_errors=True)
     with contextlib.suppress(OSError): stage.parent.rmdir()     # .staging, if nothing else is staged
     return moved
@@ -249,7 +243,8 @@ FOLDER_VARS = ('DD_COMPANION_ROOT', 'DD_COMPANION_DATA', 'DD_COMPANION_DOWNLOADS
                'DD_COMPANION_RUNS', 'DD_COMPANION_FIGURES', 'DD_COMPANION_NOTEBOOKS')
 
 def _worker_env(jobs: int, executor: str) -> dict:
-    env = {**os.environ, 'MPLBACKEND': os.environ.get('MPLBACKEND', 'Agg'), 'PYTHONUNBUFFERED': '1'}
+    env = {**os.environ, 'MPLBACKEND': os.environ.get('MPLBACKEND', 'Agg'), 'PYTHONUNBUFFERED': '1',
+           STAGED_VAR: '1'}                                    # the runner stages and publishes: workers write where told
     for k in FOLDER_VARS:
         if env.get(k) and not os.path.isabs(env[k]): env[k] = os.path.abspath(env[k])
     if executor == 'local' and jobs > 1:
@@ -307,7 +302,7 @@ def run_tasks(tasks: list, *, jobs: int = 1, executor: str = 'local', cluster=No
     env, ex = _worker_env(jobs, executor), None
     if executor == 'submitit':
         ex = _submitit_executor(Path(tasks[0].runs), cluster, {'timeout_min': 24 * 60, **(submitit_params or {})})
-        env = {k: env[k] for k in ('MPLBACKEND', 'PYTHONUNBUFFERED')}     # the job inherits the rest from its node
+        env = {k: env[k] for k in ('MPLBACKEND', 'PYTHONUNBUFFERED', STAGED_VAR)}     # the job inherits the rest from its node
     pending, running, results = list(tasks), [], {}
     restore = _stop_on_signals()
     bar = tqdm(total=len(tasks), desc=f'reproduce {tasks[0].preset}', unit='notebook', file=sys.stderr,

@@ -389,3 +389,36 @@ def test_negative_step_size_from_a_large_lr_lr(tmp_path, smoke_buffer, smoke_dat
     from dd_companion.methods import Distiller
     again = Distiller(d.cfg, data=smoke_data, buffer=smoke_buffer, out_dir=d.out_dir, progress=False)
     assert again.iteration == max(saved) and float(again.syn_lr) > 0       # the last good state can be resumed
+
+
+# --- 20.8 a failed notebook run, outside the runner, publishes nothing ---------------------------------------------
+def _papermill_random_real(tmp_path, out, *params):
+    from conftest import REPO, child_env
+    import subprocess, sys
+    nb = REPO / 'nbs' / 'experiments' / 'random_real.ipynb'
+    return subprocess.run([sys.executable, '-m', 'papermill', str(nb), str(tmp_path / 'executed.ipynb'), '-p', 'out_dir', str(out),
+                           *params, '--cwd', str(nb.parent), '--no-progress-bar'],
+                          env=child_env(), capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.fault
+def test_failed_direct_papermill_run_leaves_the_published_outputs_as_they_were(tmp_path):
+    """`-y "ipcs: []"` fails after the table and figure were written (no IPC to draw a grid for): the results JSON,
+    table and figures of the earlier successful run must stay byte-identical, and a later run clears the failed one's
+    staging folder."""
+    out = tmp_path / 'out'
+    r = _papermill_random_real(tmp_path, out, '-y', 'ipcs: [2]')
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    before = {p.name: sha(p) for p in out.iterdir() if p.is_file()}
+    assert {'random_real.json', 'random_real.md', 'random_real.csv', 'random_real.png'} <= set(before), sorted(before)
+    r = _papermill_random_real(tmp_path, out, '-y', 'ipcs: []')
+    assert r.returncode != 0, 'the run with no IPC was expected to fail'
+    after = {p.name: sha(p) for p in out.iterdir() if p.is_file()}
+    assert after == before, 'a failed run changed the published outputs: ' + ', '.join(
+        sorted(n for n in set(before) | set(after) if before.get(n) != after.get(n)))
+    staged = [p for p in (out / '.unpublished').glob('random_real-*') if p.is_dir() and not p.is_symlink()]
+    assert len(staged) == 1 and (staged[0] / 'random_real.md').exists(), 'the failed run\'s partial table should stay staged for inspection'
+    r = _papermill_random_real(tmp_path, out, '-y', 'ipcs: [2]', '-p', 'runs', '1')
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert not staged[0].exists(), 'the next run did not remove the dead run\'s staging folder'
+    assert json.loads((out / 'random_real.json').read_text())['params']['runs'] == 1

@@ -59,6 +59,7 @@ def _keep_old(old, nb):
     for i, c in enumerate(nb.cells):                      # new cells: an id unused by any kept one
         if c['id'] in used or (c['id'] not in taken and any(c['id'] == x.get('id') for x in old.cells)):
             base, n = (nb.cells[i - 1]['id'] if i else 'cell'), 1
+            base = re.match(r'cell-\d+', base).group(0) if re.match(r'cell-\d+', base) else base   # cell-034-2, not cell-034-1-1
             while f'{base}-{n}' in used or f'{base}-{n}' in taken: n += 1
             c['id'] = f'{base}-{n}'
         used.add(c['id'])
