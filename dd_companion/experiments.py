@@ -24,12 +24,12 @@ from .methods import METHODS, Distiller, distill_config, method_label
 
 # %% auto #0
 __all__ = ['SELECTIONS', 'SET_METHODS', 'QUICK_DISTILL_PARAMS', 'load_data', 'dataset_for', 'experts_for', 'experiment_config',
-           'validation_split', 'run_folder', 'distill_cached', 'seconds_per_iteration', 'evaluate_models', 'select_set',
-           'run_record', 'distill_and_evaluate', 'random_real_record', 'cost_ratios', 'summarise', 'table_rows_of',
-           'run_methods', 'export_sets', 'accuracy_bars', 'cost_benchmark', 'SynSet', 'make_set', 'use_eval_cache',
-           'cached_groups_evaluation', 'evaluate_synset', 'held_out_training', 'select_synset', 'table_distill',
-           'notebook_distill', 'table_experts', 'table_alpha_beta', 'table_protocol', 'distill_root', 'TableSetting',
-           'table_setting']
+           'validation_split', 'run_folder', 'distill_cached', 'seconds_per_iteration', 'evaluate_models', 'best_in',
+           'best_of', 'select_set', 'run_record', 'distill_and_evaluate', 'random_real_record', 'cost_ratios',
+           'summarise', 'table_rows_of', 'run_methods', 'export_sets', 'accuracy_bars', 'cost_benchmark', 'SynSet',
+           'make_set', 'use_eval_cache', 'cached_groups_evaluation', 'evaluate_synset', 'held_out_training',
+           'select_synset', 'table_distill', 'notebook_distill', 'table_experts', 'table_alpha_beta', 'table_protocol',
+           'distill_root', 'TableSetting', 'table_setting']
 
 # %% ../nbs/14_experiments.ipynb #cell-005
 @lru_cache(maxsize=8)
@@ -111,6 +111,16 @@ def evaluate_models(images, labels, lr, data, cfg: DistillConfig, models, is_rea
 # %% ../nbs/14_experiments.ipynb #cell-019
 SELECTIONS = ['final', 'best-val', 'best-test']
 
+def best_in(curve: list) -> int:
+    "Index of the best-scoring point of a selection curve (ties: the later iteration): the one selection rule of every table."
+    return max(range(len(curve)), key=lambda i: (curve[i]['mean'], curve[i]['iteration']))
+
+def best_of(candidates: list, score) -> tuple:
+    "(index of the best candidate, the selection curve, every candidate's evaluation); `score(candidate)` is an evaluation dict."
+    evals = [score(c) for c in candidates]
+    curve = [{'iteration': int(c['iteration']), 'mean': e['mean'], 'accs': e['accs']} for c, e in zip(candidates, evals)]
+    return best_in(curve), curve, evals
+
 def select_set(d: Distiller, cfg: DistillConfig, select: str = 'final', *, val_per_class: int = 50, model: str = 'ConvNet',
                progress: bool = False) -> dict:
     """The set to report among the run's snapshots: the final one; the one with the best mean accuracy on a validation
@@ -123,10 +133,8 @@ def select_set(d: Distiller, cfg: DistillConfig, select: str = 'final', *, val_p
         raise DDError(f"select={select!r} chooses among snapshots, but the run in {d.out_dir} kept none: distil with snapshot_every > 0 "
                       f"(a finished run is reused; delete its folder to rerun it with snapshots).")
     judge = validation_split(d.data, val_per_class) if select == 'best-val' else d.data
-    scored = [evaluate_models(k['images'], k['labels'], float(k['syn_lr']), judge, cfg, [model], d.comps.is_real, progress)[model]
-              for k in kept]
-    curve = [{'iteration': k['iteration'], 'mean': e['mean'], 'accs': e['accs']} for k, e in zip(kept, scored)]
-    best = max(range(len(kept)), key=lambda i: (curve[i]['mean'], curve[i]['iteration']))
+    best, curve, scored = best_of(kept, lambda k: evaluate_models(k['images'], k['labels'], float(k['syn_lr']), judge, cfg, [model],
+                                                                  d.comps.is_real, progress)[model])
     return {**kept[best], 'curve': curve, 'test_eval': scored[best] if select == 'best-test' else None}
 
 def run_record(d: Distiller, cfg: DistillConfig, method: str, variant: str = '') -> dict:
@@ -389,12 +397,9 @@ def select_synset(s: SynSet, data: RealData, p: EvalProtocol, select: str = 'fin
     judge = held_out_training(data, val_per_class, s.positions, seed) if select == 'best-val' else data
     cands = ([{'iteration': 0, 'images': s.initial, 'labels': s.labels, 'syn_lr': s.initial_lr}] if s.initial is not None else [])
     cands += list(s.snapshots) + [{'iteration': len(s.history), 'images': s.images, 'labels': s.labels, 'syn_lr': s.syn_lr}]
-    curve = []
-    for c in cands:
-        e = cached_groups_evaluation(c['images'], c['labels'], judge, replace(p, **{**overrides, 'runs': score_runs}).validate(),
-                                     set_lr=float(c['syn_lr']), seed=seed, is_real=s.is_real)
-        curve.append({'iteration': int(c['iteration']), 'mean': e['mean'], 'accs': e['accs']})
-    best = max(range(len(cands)), key=lambda i: (curve[i]['mean'], curve[i]['iteration']))
+    scoring = replace(p, **{**overrides, 'runs': score_runs}).validate()
+    best, curve, _ = best_of(cands, lambda c: cached_groups_evaluation(c['images'], c['labels'], judge, scoring, set_lr=float(c['syn_lr']),
+                                                                       seed=seed, is_real=s.is_real))
     c = cands[best]
     return replace(s, images=c['images'], labels=c['labels'], syn_lr=float(c['syn_lr'])), curve
 
