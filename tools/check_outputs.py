@@ -15,7 +15,8 @@ cleaned exactly as `nbdev_clean` cleans (execution counts and `at 0x…` address
 
 - the outputs' kinds must agree: stream name, or output type and its MIME types (`text/plain`, `image/png`, …);
 - text (streams, `text/plain`, `text/html`, `text/markdown`, …) must be equal after removing trailing whitespace
-  from each line and trailing blank lines; consecutive stream outputs of the same name are joined first (where a
+  from each line and trailing blank lines, except that a printed decimal number may differ by `NUM_REL` relative or
+  one unit of its last digit (integers and all other text must match); consecutive stream outputs of the same name are joined first (where a
   stream is cut in two depends on buffering);
 - a PNG must have the same pixel size, at most `PNG_MAX_CHANGED` pixels whose colour changed by more than
   `PNG_STRONG` (on a 0–1 scale, in any channel), and a mean absolute difference of its decoded pixels of at most
@@ -47,6 +48,9 @@ PNG_STRONG = 0.25                # a pixel "changed" when a channel moved by mor
 PNG_MAX_CHANGED = 4              # ... and at most this many may have changed (anti-aliasing noise)
 # one-time messages of a fresh installation, never part of a notebook's output (dropped before writing and comparing)
 IGNORED_LINES = re.compile(r'^Matplotlib is building the font cache')
+NUM_REL = 1e-3                   # a printed decimal number may differ by this relative amount, or by one unit of its
+                                 # last printed digit (1.1612 vs 1.1613): CPUs differ in the last bits of float sums
+_DECIMAL = re.compile(r'[-+]?\d+\.\d+(?:[eE][-+]?\d+)?')
 
 
 def _text(v) -> str:
@@ -102,11 +106,27 @@ def _png(b64: str):
     return np.asarray(im, dtype=np.float32) / 255
 
 
+def _close(x: str, y: str) -> bool:
+    "Two printed decimal numbers agree within `NUM_REL` or one unit of the last digit either prints."
+    a, b = float(x), float(y)
+    unit = max(10.0 ** -len(t.split('.')[1].split('e')[0].split('E')[0]) * 10.0 ** int(re.split('[eE]', t)[1] if re.search('[eE]', t) else 0)
+               for t in (x, y))
+    return abs(a - b) <= max(NUM_REL * max(abs(a), abs(b)), 1.01 * unit)
+
+def _same_line(a: str, b: str) -> bool:
+    "Equal, or equal but for decimal numbers that are `_close` (integers and everything else must match exactly)."
+    if a == b: return True
+    na, nb = _DECIMAL.findall(a), _DECIMAL.findall(b)
+    return (_DECIMAL.sub('#', a) == _DECIMAL.sub('#', b) and len(na) == len(nb) and all(map(_close, na, nb)))
+
+def _same_text(old: list[str], new: list[str]) -> bool:
+    return len(old) == len(new) and all(map(_same_line, old, new))
+
 def _first_diff(old: list[str], new: list[str]) -> str:
     for i in range(max(len(old), len(new))):
         a = old[i] if i < len(old) else '<no line>'
         b = new[i] if i < len(new) else '<no line>'
-        if a != b: return f'line {i + 1} differs:\n    committed: {a[:300]}\n    executed:  {b[:300]}'
+        if not _same_line(a, b): return f'line {i + 1} differs:\n    committed: {a[:300]}\n    executed:  {b[:300]}'
     return 'no difference'
 
 
@@ -119,7 +139,7 @@ def compare_outputs(old_outputs, new_outputs) -> str | None:
     for k, (a, b) in enumerate(zip(old, new), 1):
         what = f'output {k} ({_kind(a)})'
         if a.get('output_type') == 'stream':
-            if _norm_text(_text(a['text'])) != _norm_text(_text(b['text'])):
+            if not _same_text(_norm_text(_text(a['text'])), _norm_text(_text(b['text']))):
                 return f'{what}: ' + _first_diff(_norm_text(_text(a['text'])), _norm_text(_text(b['text'])))
             continue
         if a.get('output_type') == 'error':
@@ -141,7 +161,7 @@ def compare_outputs(old_outputs, new_outputs) -> str | None:
             elif mime.startswith('image/'):
                 continue                                  # presence only
             elif mime.startswith('text/') or isinstance(va, (str, list)):
-                if _norm_text(_text(va)) != _norm_text(_text(vb)):
+                if not _same_text(_norm_text(_text(va)), _norm_text(_text(vb))):
                     return f'{what} {mime}: ' + _first_diff(_norm_text(_text(va)), _norm_text(_text(vb)))
             elif va != vb:
                 return f'{what} {mime}: the values differ'
