@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import (remove_stale_tmp, DDError, check_choice, check_range, check_positive, check_per_class, check_known, atomic_write, atomic_save_json, atomic_torch_save,
-                               safe_torch_load, sha256_file, config_hash, buffers_dir, file_lock, environment_info, Timer)
+                               safe_torch_load, sha256_file, config_hash, buffers_dir, file_lock, claim_lock, environment_info, Timer)
 from .data import RealData, load_dataset, DATASETS
 from .models import model_for, FlatModel, MODELS
 from .augment import DSA
@@ -266,30 +266,42 @@ def _resume_state(cfg, data, folder, i, device):
     return new_expert_state(cfg, data, i, device)
 
 # %% ../nbs/05_buffers.ipynb #cell-049
-def _train_experts(cfg: ExpertConfig, folder: Path, todo: list, done: dict, data, device, compile: bool, progress: bool):
-    "Train (or finish) the experts `todo` into `folder`; `done` holds the manifest entries of the complete ones."
+def _expert_lock(folder: Path, i: int) -> Path: return folder / f'.expert_{i:03d}.lock'
+
+def _record_expert(folder: Path, header: dict, i: int, meta: dict):
+    "Add finished expert i to the manifest (read again under the buffer's lock: other processes add theirs)."
+    with file_lock(folder / '.lock'):
+        experts = _manifest(folder).get('experts', {})
+        experts[str(i)] = {'epochs': meta['epochs'], 'sha256': meta['sha256'], 'num_params': meta['num_params']}
+        atomic_save_json(folder / 'manifest.json', {**header, 'experts': experts})
+
+def _train_experts(cfg: ExpertConfig, folder: Path, todo: list, done: dict, data, device, compile: bool, progress: bool) -> list:
+    """Train (or finish) the experts `todo` into `folder`, except those another process is training: returns those.
+    `done` holds the manifest entries of the complete ones when `todo` was drawn up."""
     data = data or load_dataset(cfg.dataset, zca=cfg.zca, train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class)
     missing = sum(cfg.epochs - done.get(i, {}).get('epochs', 0) for i in todo)
     bar = tqdm(total=missing, desc=f'experts {cfg.key[:8]}', disable=not progress)
-    man = {'config': cfg.identity(), 'key': cfg.key, 'environment': environment_info(),
-           'dataset': {'name': data.name, 'train': len(data.train), 'test': len(data.test), **data.normalisation()},
-           'experts': {str(k): v for k, v in done.items()}}
+    header = {'config': cfg.identity(), 'key': cfg.key, 'environment': environment_info(),
+              'dataset': {'name': data.name, 'train': len(data.train), 'test': len(data.test), **data.normalisation()}}
+    others = []
     for i in todo:
-        p = _paths(folder, i)
-        state = _resume_state(cfg, data, folder, i, device)
-        bar.set_description(f'expert {i + 1}/{cfg.num_experts}')
-        def save(st, i=i):                       # a diverged epoch is never written: not as a checkpoint, not as an expert
-            if not torch.isfinite(st['snapshots'][-1]).all():
-                raise DDError(f"expert {i} diverged at epoch {st['epoch']}: its parameters are NaN/inf (lr={cfg.lr}, "
-                              f"optimizer={cfg.optimizer}); nothing of this expert was kept. Lower the experts' lr.")
-            atomic_torch_save(p['partial'], st)
-        train_expert_epochs(cfg, data, state, cfg.epochs, device=device, compile=compile, on_epoch=save, bar=bar)
-        meta = _finish_expert(cfg, folder, i, state)
-        man['experts'][str(i)] = {'epochs': meta['epochs'], 'sha256': meta['sha256'], 'num_params': meta['num_params']}
-        atomic_save_json(folder / 'manifest.json', man)
+        with claim_lock(_expert_lock(folder, i)) as mine:
+            if not mine: others.append(i); continue
+            if _manifest(folder).get('experts', {}).get(str(i), {}).get('epochs', 0) >= cfg.epochs: continue   # finished meanwhile
+            p = _paths(folder, i)
+            state = _resume_state(cfg, data, folder, i, device)
+            bar.set_description(f'expert {i + 1}/{cfg.num_experts}')
+            def save(st, i=i):                   # a diverged epoch is never written: not as a checkpoint, not as an expert
+                if not torch.isfinite(st['snapshots'][-1]).all():
+                    raise DDError(f"expert {i} diverged at epoch {st['epoch']}: its parameters are NaN/inf (lr={cfg.lr}, "
+                                  f"optimizer={cfg.optimizer}); nothing of this expert was kept. Lower the experts' lr.")
+                atomic_torch_save(p['partial'], st)
+            train_expert_epochs(cfg, data, state, cfg.epochs, device=device, compile=compile, on_epoch=save, bar=bar)
+            _record_expert(folder, header, i, _finish_expert(cfg, folder, i, state))
     bar.close()
+    return others
 
-# %% ../nbs/05_buffers.ipynb #cell-053
+# %% ../nbs/05_buffers.ipynb #cell-053-2
 def _expert_file_offset(folder: Path, manifest: dict, i: int, num_params: int) -> int:
     "Check expert i's `.npy` against the manifest (shape, dtype, size); returns the byte offset of its first row."
     path = _paths(folder, i)['npy']
@@ -407,17 +419,23 @@ def __repr__(self: ExpertBuffer):
             f"{self.nbytes() / 2**20:.1f} MiB, {self.config['dataset']}/{self.config['model']})")
 
 # %% ../nbs/05_buffers.ipynb #cell-078
+def _missing_experts(cfg: ExpertConfig, folder: Path) -> tuple:
+    "(manifest entries of the complete experts, the experts still missing epochs)."
+    done = {int(k): v for k, v in _manifest(folder).get('experts', {}).items()}
+    return done, [i for i in range(cfg.num_experts) if done.get(i, {}).get('epochs', 0) < cfg.epochs]
+
 def build_experts(cfg: ExpertConfig | str = 'quick', *, data: RealData | None = None, root=None, device='cpu',
                   compile: bool = False, progress: bool = True, **overrides) -> ExpertBuffer:
     "Train (or find in the cache) `cfg.num_experts` experts of `cfg.epochs` epochs; returns the buffer."
     cfg = expert_config(cfg, **overrides) if isinstance(cfg, str) else replace(cfg, **overrides).validate()
     folder = Path(root or buffers_dir()) / cfg.key
     folder.mkdir(parents=True, exist_ok=True)
-    with file_lock(folder / '.lock', message=f'waiting for another process building the buffer {folder} ...'):
-        remove_stale_tmp(folder, only_dead=False)            # we hold the lock: any temporary file is a dead writer's
-        done = {int(k): v for k, v in _manifest(folder).get('experts', {}).items()}
-        todo = [i for i in range(cfg.num_experts) if done.get(i, {}).get('epochs', 0) < cfg.epochs]
-        if todo: _train_experts(cfg, folder, todo, done, data, device, compile, progress)
+    with file_lock(folder / '.lock'): remove_stale_tmp(folder)      # dead writers' temporary files (never a live builder's)
+    done, todo = _missing_experts(cfg, folder)
+    while todo:
+        for i in _train_experts(cfg, folder, todo, done, data, device, compile, progress):     # those another process trains
+            with file_lock(_expert_lock(folder, i), message=f'waiting for another process training expert {i} of the buffer {folder} ...'): pass
+        done, todo = _missing_experts(cfg, folder)                  # an expert whose trainer died is still missing: train it
     return ExpertBuffer(folder, num_experts=cfg.num_experts, epochs=cfg.epochs)
 
 # %% ../nbs/05_buffers.ipynb #cell-089

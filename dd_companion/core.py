@@ -18,9 +18,9 @@ __all__ = ['APP_NAME', 'PACKAGE_ROOT', 'SCALES', 'STAGED_VAR', 'UNPUBLISHED', 'P
            'check_per_class', 'check_known', 'check_scale', 'atomic_write', 'atomic_write_bytes', 'atomic_write_text',
            'atomic_save_json', 'atomic_torch_save', 'atomic_savefig', 'remove_stale_tmp', 'check_writable_dir',
            'safe_torch_load', 'sha256_file', 'config_hash', 'set_seed', 'peak_rss_mb', 'Timer', 'environment_info',
-           'default_device', 'lock_holder', 'file_lock', 'exclusive_lock', 'published_dir', 'publish_files',
-           'remove_dead_staging', 'experiment_out', 'save_results', 'fmt_mean_std', 'save_table', 'base_type_name',
-           'type_matches', 'check_notebook_params']
+           'default_device', 'lock_holder', 'file_lock', 'exclusive_lock', 'claim_lock', 'published_dir',
+           'publish_files', 'remove_path', 'remove_dead_staging', 'experiment_out', 'save_results', 'fmt_mean_std',
+           'save_table', 'base_type_name', 'type_matches', 'check_notebook_params']
 
 # %% ../nbs/00_core.ipynb #cell-005
 APP_NAME = 'dd_companion'
@@ -290,20 +290,22 @@ def _claim(f):
 
 @contextlib.contextmanager
 def _locked(path, when_busy):
-    "Hold the exclusive lock on `path` for the block; `when_busy(f, path)` decides what a held lock means (wait or raise)."
+    """Hold the exclusive lock on `path` for the block and yield True; `when_busy(f, path)` decides what a held lock
+    means: wait for it (and return True), raise, or give up (return False: the block runs without the lock, told so)."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, 'a+') as f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError: when_busy(f, path)
-        _claim(f)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); held = True
+        except BlockingIOError: held = when_busy(f, path)
+        if held: _claim(f)
+        try: yield held
+        finally:
+            if held: fcntl.flock(f, fcntl.LOCK_UN)
 
 def file_lock(path, poll: float = 0.5, message: str | None = None):
     "Hold an exclusive advisory lock on `path` for the duration of the block (waits for other holders, naming them)."
     def wait(f, path):
         if message: print(f'{message} (held by {lock_holder(path)})', file=sys.stderr)
-        fcntl.flock(f, fcntl.LOCK_EX)
+        fcntl.flock(f, fcntl.LOCK_EX); return True
     return _locked(path, wait)
 
 def exclusive_lock(path, what: str):
@@ -312,6 +314,10 @@ def exclusive_lock(path, what: str):
         raise DDError(f"{what} is in use by {lock_holder(path)}; wait for it to finish or stop it "
                       f"(two runs must not share one folder).") from None
     return _locked(path, refuse)
+
+def claim_lock(path):
+    "Take the lock on `path` if it is free: the block gets True while holding it, False (holding nothing) if another process has it."
+    return _locked(path, lambda f, path: False)
 
 # %% ../nbs/00_core.ipynb #cell-053
 STAGED_VAR = 'DD_COMPANION_STAGED'        # set to 1 by a caller that stages and publishes a notebook's outputs itself
@@ -333,7 +339,8 @@ def publish_files(stage, out, last: str | None = None) -> list:
         os.replace(p, dst)
     return [str(p.relative_to(stage)) for p in files]
 
-def _remove_path(p: Path):
+def remove_path(p: Path):
+    "Remove a file, a link (never what it points to) or a folder with everything in it; nothing if it is absent."
     if p.is_symlink() or not p.is_dir(): p.unlink(missing_ok=True)
     else: shutil.rmtree(p, ignore_errors=True)
 
@@ -342,7 +349,7 @@ def remove_dead_staging(out) -> list:
     removed, area = [], Path(out) / UNPUBLISHED
     for p in sorted(area.glob('*-*')):
         pid = p.name.rsplit('-', 1)[1]
-        if pid.isdigit() and not _pid_alive(int(pid)): _remove_path(p); removed.append(p.name)
+        if pid.isdigit() and not _pid_alive(int(pid)): remove_path(p); removed.append(p.name)
     with contextlib.suppress(OSError): area.rmdir()         # only if empty
     return removed
 
@@ -358,7 +365,7 @@ def experiment_out(name: str, out_dir: str = '') -> Path:
     if os.environ.get(STAGED_VAR) == '1': return out
     remove_dead_staging(out)
     stage = out / UNPUBLISHED / f'{name}-{os.getpid()}'
-    _remove_path(stage)                                   # this process's earlier run (a notebook run twice in Jupyter)
+    remove_path(stage)                                   # this process's earlier run (a notebook run twice in Jupyter)
     stage.mkdir(parents=True)
     return stage
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import contextlib, hashlib, json, tempfile
 from dataclasses import asdict, dataclass, field, replace
+from typing import NamedTuple
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from .core import (DDError, check_choice, check_range, check_scale, config_hash, atomic_save_json, file_lock, runs_dir, fmt_mean_std,
-                               published_dir)
+                               published_dir, experiment_out)
 from .data import RealData, Split, load_dataset
 from .evaluate import EvalProtocol, evaluate_set, evaluate_groups, protocol as eval_protocol, random_real_set
 from .buffers import build_experts
@@ -29,7 +30,7 @@ __all__ = ['SELECTIONS', 'SET_METHODS', 'QUICK_DISTILL_PARAMS', 'load_data', 'da
            'summarise', 'table_rows_of', 'run_methods', 'export_sets', 'accuracy_bars', 'cost_benchmark', 'SynSet',
            'make_set', 'use_eval_cache', 'cached_groups_evaluation', 'evaluate_synset', 'held_out_training',
            'select_synset', 'table_distill', 'notebook_distill', 'table_experts', 'table_alpha_beta', 'table_protocol',
-           'distill_root', 'TableSetting', 'table_setting']
+           'distill_root', 'notebook_folders', 'TableSetting', 'table_setting']
 
 # %% ../nbs/14_experiments.ipynb #cell-005
 @lru_cache(maxsize=8)
@@ -438,12 +439,18 @@ def distill_root(distill_dir: str, out):
     if distill_dir == 'shared': return runs_dir() / 'distill'
     return Path(distill_dir) if distill_dir else published_dir(out) / 'distill'
 
+def notebook_folders(name: str, out_dir: str, distill_dir: str, resume: bool = True, *, eval_cache: bool = True) -> tuple:
+    """(output folder, distillation root) of experiment notebook `name`; with `eval_cache` and `resume`, every evaluation
+    is kept beside the distillations (`use_eval_cache`), so a notebook killed mid-table resumes where it stopped."""
+    out = experiment_out(name, out_dir)
+    root = distill_root(distill_dir, out)
+    if eval_cache: use_eval_cache(root / 'evals' if resume else None)
+    return out, root
+
 # %% ../nbs/14_experiments.ipynb #cell-048
-@dataclass
-class TableSetting:
-    "What a SelMatch notebook needs for one dataset and IPC."
+class TableSetting(NamedTuple):
+    "What a SelMatch notebook needs for one dataset and IPC (a tuple: a notebook unpacks it in one line)."
     data: RealData
-    ipc: int
     ratio: float
     alpha: float
     beta: float
@@ -456,5 +463,5 @@ def table_setting(params: dict, dataset: str, ipc: int, alpha: float = -1.0, bet
     ratio = subset_ratio(data, ipc)
     a0, b0 = table_alpha_beta(dataset, ipc, ratio)
     distill = notebook_distill(params, dataset, ipc)
-    return TableSetting(data, ipc, ratio, alpha if alpha >= 0 else a0, beta if beta >= 0 else b0, distill,
+    return TableSetting(data, ratio, alpha if alpha >= 0 else a0, beta if beta >= 0 else b0, distill,
                         table_experts(distill, data) if with_experts else None)

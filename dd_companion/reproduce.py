@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dd_companion
 from .core import (DDError, SCALES, check_choice, atomic_save_json, atomic_write_text, file_lock, notebooks_dir,
-                               buffers_dir, check_writable_dir, publish_files, STAGED_VAR)
+                               buffers_dir, check_writable_dir, publish_files, remove_path, STAGED_VAR)
 from .papers import reported_rows, format_paper_configurations
 from .report import (Registry, Task, plan, papermill_command, format_plan, results_json, read_results, stored_key,
                                  default_out, default_runs, format_list, render_tables)
@@ -387,9 +387,7 @@ def check_environment(out, runs, buffers=None):
 # %% ../nbs/17_reproduce.ipynb #cell-046
 def _clear_stale(out: Path, runs: Path):
     "Remove what an interrupted or killed run left (call with the output folder's lock held)."
-    for stale in (out / '.staging').glob('*'):
-        if stale.is_symlink() or not stale.is_dir(): stale.unlink(missing_ok=True)   # rmtree refuses a link
-        else: shutil.rmtree(stale, ignore_errors=True)
+    for stale in (out / '.staging').glob('*'): remove_path(stale)
     with contextlib.suppress(OSError): (out / '.staging').rmdir()
     for stale in [*runs.glob('.*.ipynb'), *runs.glob('.*.params.yaml')]: stale.unlink(missing_ok=True)   # papermill's files
 

@@ -106,11 +106,15 @@ def _png(b64: str):
     return np.asarray(im, dtype=np.float32) / 255
 
 
+def _last_digit_unit(t: str) -> float:
+    "What one unit of the last printed digit of decimal `t` is worth: '1.25' → 0.01, '3.5e-04' → 1e-05."
+    mantissa, _, exponent = t.lower().partition('e')
+    return 10.0 ** (int(exponent or 0) - len(mantissa.split('.')[1]))
+
 def _close(x: str, y: str) -> bool:
     "Two printed decimal numbers agree within `NUM_REL` or one unit of the last digit either prints."
     a, b = float(x), float(y)
-    unit = max(10.0 ** -len(t.split('.')[1].split('e')[0].split('E')[0]) * 10.0 ** int(re.split('[eE]', t)[1] if re.search('[eE]', t) else 0)
-               for t in (x, y))
+    unit = max(_last_digit_unit(x), _last_digit_unit(y))
     return abs(a - b) <= max(NUM_REL * max(abs(a), abs(b)), 1.01 * unit)
 
 def _same_line(a: str, b: str) -> bool:
