@@ -64,7 +64,7 @@ class DistillConfig:
     sel_score: str = 'cscore'             # cscore | forgetting | forgetting_computed
     # engineering
     model: str | None = None              # None: the experts' model
-    meta_grad: str = 'checkpointed'       # an engine of the loop's parts: checkpointed | unrolled | (performance) fast ...
+    meta_grad: str = 'checkpointed'       # an engine of the loop's parts: checkpointed | unrolled | (performance) fast ... auto
     seed: int = 0
     checkpoint_every: int = 50
     eval_every: int = 0                   # 0: evaluate only at the end

@@ -17,7 +17,7 @@ from .core import (DDError, check_choice, check_range, check_scale, config_hash,
                                published_dir, experiment_out)
 from .data import RealData, Split, load_dataset
 from .evaluate import EvalProtocol, evaluate_set, evaluate_groups, protocol as eval_protocol, random_real_set
-from .buffers import build_experts
+from .buffers import build_experts, stand_in_buffer
 from .config import DistillConfig
 from .selmatch import (sliding_window, sample_difficulty, selmatch_protocol, quick_eval_epochs, ratio_alpha_beta, subset_ratio,
                                    PAPER_ALPHA_BETA, paper_config as selmatch_paper_config)
@@ -27,8 +27,8 @@ from .methods import METHODS, Distiller, distill_config, method_label
 __all__ = ['SELECTIONS', 'SET_METHODS', 'QUICK_DISTILL_PARAMS', 'load_data', 'dataset_for', 'experts_for', 'experiment_config',
            'validation_split', 'run_folder', 'distill_cached', 'seconds_per_iteration', 'evaluate_models', 'best_in',
            'best_of', 'select_set', 'run_record', 'distill_and_evaluate', 'random_real_record', 'cost_ratios',
-           'summarise', 'table_rows_of', 'run_methods', 'export_sets', 'accuracy_bars', 'cost_benchmark', 'SynSet',
-           'make_set', 'use_eval_cache', 'cached_groups_evaluation', 'evaluate_synset', 'held_out_training',
+           'summarise', 'table_rows_of', 'run_methods', 'export_sets', 'accuracy_bars', 'timing_only', 'cost_benchmark',
+           'SynSet', 'make_set', 'use_eval_cache', 'cached_groups_evaluation', 'evaluate_synset', 'held_out_training',
            'select_synset', 'table_distill', 'notebook_distill', 'table_experts', 'table_alpha_beta', 'table_protocol',
            'distill_root', 'notebook_folders', 'TableSetting', 'table_setting']
 
@@ -280,20 +280,27 @@ def accuracy_bars(ax, records: list, keys, *, field: str = 'method', labels=None
     return ax
 
 # %% ../nbs/14_experiments.ipynb #cell-035
+def timing_only(cfg: DistillConfig) -> DistillConfig:
+    "`cfg` with nothing learned (learning rates 0, no loss gate): the same work per iteration on stand-in experts, whose trajectories carry no signal."
+    return replace(cfg, lr_img=0.0, lr_lr=0.0, lr_y=0.0, threshold=None)
+
 def cost_benchmark(methods=('datm', 'datm+fusion', 'datm+update', 'datm-clr'), *, scale: str = 'smoke', iterations: int = 5,
-                   baseline: str = 'datm', ipc: int = 1, seed: int = 0, **overrides) -> dict:
-    "Median seconds per outer iteration of `methods`, measured interleaved, and their ratio to `baseline`."
+                   baseline: str = 'datm', ipc: int = 1, seed: int = 0, stand_in: bool = False, **overrides) -> dict:
+    "Median seconds per outer iteration of `methods`, measured interleaved, and their ratio to `baseline` (`stand_in`: timing-only experts)."
     if baseline not in methods: raise DDError(f"baseline {baseline!r} must be one of the measured methods {list(methods)}.")
     check_range('iterations', iterations, 2, None, int)
     tmp = Path(tempfile.mkdtemp(prefix='dd-cost-'))
     runs = {}
     for m in methods:
         cfg = experiment_config(scale, m, ipc=ipc, seed=seed, **overrides)
-        runs[m] = Distiller(cfg, data=dataset_for(cfg), buffer=experts_for(cfg), out_dir=tmp / m.replace('+', '_'), progress=False, resume=False)
+        data = dataset_for(cfg)
+        if stand_in: cfg, buffer = timing_only(cfg), stand_in_buffer(cfg.expert_cfg(), data, tmp / 'experts' / cfg.expert_cfg().key)
+        else: buffer = experts_for(cfg)
+        runs[m] = Distiller(cfg, data=data, buffer=buffer, out_dir=tmp / m.replace('+', '_'), progress=False, resume=False)
     for _ in range(iterations):
         for d in runs.values(): d.step()
     sec = {m: seconds_per_iteration(d.history) for m, d in runs.items()}
-    return {'scale': scale, 'ipc': ipc, 'iterations': iterations, 'sec_per_it': sec,
+    return {'scale': scale, 'ipc': ipc, 'iterations': iterations, 'stand_in': stand_in, 'sec_per_it': sec,
             'ratio': {m: sec[m] / sec[baseline] for m in methods}, 'torch_threads': torch.get_num_threads()}
 
 # %% ../nbs/14_experiments.ipynb #cell-038

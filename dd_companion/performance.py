@@ -27,12 +27,13 @@ from .matching import MTT_PARTS
 # %% auto #0
 __all__ = ['FAST_CHUNK', 'KERNELS', 'PRECISIONS', 'meta_gradient_fast_compiled', 'CONVNET_CHUNK', 'meta_gradient_fast_convnet',
            'meta_gradient_fast_convnet_mixed', 'meta_gradient_fast_convnet_bf16', 'PERFORMANCE_PARTS', 'ENGINES',
-           'INEXACT_ENGINES', 'PEAK_DTYPES', 'CPU_FEATURES', 'BF16_NATIVE_FACTOR', 'chunk_slices', 'step_gradient',
-           'step_hvp', 'step_gradient_func', 'step_hvp_func', 'compiled_kernels', 'convnet_layout',
-           'convnet_step_gradient', 'convnet_step_hvp', 'meta_gradient_fast', 'benchmark_problem', 'run_engine',
-           'interleaved_order', 'paired_ratios', 'time_engines', 'measure_in_subprocess', 'compare_evaluation',
-           'expert_epoch_times', 'count_flops', 'convnet_forward_flops', 'iteration_flops', 'training_step_rate',
-           'cpu_flags', 'matmul_rate', 'bf16_verdict', 'machine_peak', 'achieved_rate', 'time_reproduce']
+           'INEXACT_ENGINES', 'PEAK_DTYPES', 'CPU_FEATURES', 'BF16_NATIVE_FACTOR', 'BF16_UNITS', 'chunk_slices',
+           'step_gradient', 'step_hvp', 'step_gradient_func', 'step_hvp_func', 'compiled_kernels', 'convnet_layout',
+           'convnet_step_gradient', 'convnet_step_hvp', 'meta_gradient_fast', 'meta_gradient_auto', 'benchmark_problem',
+           'run_engine', 'interleaved_order', 'paired_ratios', 'time_engines', 'measure_in_subprocess',
+           'compare_evaluation', 'expert_epoch_times', 'count_flops', 'convnet_forward_flops', 'iteration_flops',
+           'training_step_rate', 'cpu_flags', 'matmul_rate', 'bf16_verdict', 'machine_peak', 'achieved_rate',
+           'bf16_native', 'auto_engine', 'time_reproduce']
 
 # %% ../nbs/12_performance.ipynb #cell-005
 def chunk_slices(n: int, chunk: int | None) -> list:
@@ -368,9 +369,14 @@ CONVNET_CHUNK = 25
 meta_gradient_fast_convnet = functools.partial(meta_gradient_fast, kernels='convnet', chunk=CONVNET_CHUNK)
 meta_gradient_fast_convnet_mixed = functools.partial(meta_gradient_fast, kernels='convnet', precision='mixed', chunk=CONVNET_CHUNK)
 meta_gradient_fast_convnet_bf16 = functools.partial(meta_gradient_fast, kernels='convnet', precision='bf16', chunk=CONVNET_CHUNK)
+
+def meta_gradient_auto(fm, theta_start, *args, **kw):
+    "`meta_grad='auto'`: the exact engine `auto_engine` picks for this model, device and CPU (see the machine's peak below)."
+    return ENGINES[auto_engine(fm, theta_start.device)](fm, theta_start, *args, **kw)
+
 PERFORMANCE_PARTS = LoopParts(engines={'fast': meta_gradient_fast, 'fast_compiled': meta_gradient_fast_compiled,
                                        'fast_convnet': meta_gradient_fast_convnet, 'fast_convnet_mixed': meta_gradient_fast_convnet_mixed,
-                                       'fast_convnet_bf16': meta_gradient_fast_convnet_bf16})
+                                       'fast_convnet_bf16': meta_gradient_fast_convnet_bf16, 'auto': meta_gradient_auto})
 ENGINES = {**MTT_PARTS.engines, **PERFORMANCE_PARTS.engines}     # every engine the benchmark can time
 INEXACT_ENGINES = ('fast_convnet_bf16',)                          # engines whose results are approximations (reported, not required)
 
@@ -629,6 +635,20 @@ def achieved_rate(flops: float, seconds: float, peak: dict) -> dict:
     bf = peak['bfloat16'].get('gflops_per_s') if peak.get('bf16') == 'native' else None
     return {'gflop': flops / 1e9, 'seconds': seconds, 'gflops_per_s': g, 'fraction_of_fp32_peak': g / peak['float32']['gflops_per_s'],
             'fraction_of_bf16_peak': None if bf is None else g / bf}
+
+# %% ../nbs/12_performance.ipynb #cell-076
+BF16_UNITS = ('amx_bf16', 'avx512_bf16')
+
+def bf16_native(flags: list | None = None) -> bool:
+    "Whether this CPU has bf16 arithmetic units (`BF16_UNITS` among its feature `flags`, default /proc/cpuinfo's) that oneDNN uses."
+    if not set(BF16_UNITS) & set(cpu_flags() if flags is None else flags): return False
+    try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError): return False
+
+def auto_engine(fm: FlatModel, device='cpu', flags: list | None = None) -> str:
+    "The engine `meta_grad='auto'` runs for `fm` on `device`: the ConvNet kernels on a CPU (bf16 tangents where native), else `checkpointed`."
+    if torch.device(device).type != 'cpu' or convnet_layout(fm) is None: return 'checkpointed'
+    return 'fast_convnet_mixed' if bf16_native(flags) else 'fast_convnet'
 
 # %% ../nbs/12_performance.ipynb #cell-056-1-1
 def _console_command() -> str:

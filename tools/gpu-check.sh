@@ -32,6 +32,7 @@ from dd_companion.data import DATASETS, RealData, Split, load_dataset
 from dd_companion.buffers import stand_in_buffer
 from dd_companion.evaluate import protocol, train_module
 from dd_companion.methods import Distiller
+from dd_companion.experiments import timing_only
 from dd_companion.papers import paper_configurations, format_paper_configurations
 
 ap = argparse.ArgumentParser(prog='tools/gpu-check.sh', description='A few iterations of every paper configuration: seconds per iteration, peak memory.')
@@ -62,10 +63,6 @@ if device == 'cuda' and not torch.cuda.is_available(): sys.exit('error: no CUDA 
 eval_epochs = args.eval_epochs if args.eval_epochs is not None else (0 if args.tiny else 1)
 print(f"gpu-check: {len(rows)} configurations on {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, torch {torch.__version__}"
       f"{', TINY (shrunk, not a measurement)' if args.tiny else ''}; {args.iterations} iterations each, {eval_epochs} evaluation epoch(s)")
-
-def stand_in_steps(cfg):
-    "Outer learning rates 0 and no loss gate: stand-in trajectories carry no signal (their meta-gradients could drive the step size negative), the computation is the same."
-    return replace(cfg, lr_img=0.0, lr_lr=0.0, lr_y=0.0, threshold=None)
 
 def shrink(cfg):
     "The configuration at toy size: same options and code paths, IPC <= 2, 2 inner steps, width-8 ConvNet experts."
@@ -110,7 +107,7 @@ def buffer_for(cfg, data):
     return _buffers[key]
 
 rows = sorted(rows, key=lambda r: list(DATASETS).index(r['dataset']))      # one stand-in dataset after the other
-configs = [replace(stand_in_steps(shrink(r['config']) if args.tiny else r['config']), device=device) for r in rows]
+configs = [replace(timing_only(shrink(r['config']) if args.tiny else r['config']), device=device) for r in rows]
 results, failed = [], []
 for r, cfg in zip(rows, configs):
     rec = {'id': r['id'], 'ipc': cfg.ipc, 'syn_steps': cfg.syn_steps, 'batch_syn': cfg.batch_syn, 'experts': cfg.experts,
