@@ -48,8 +48,9 @@ PNG_STRONG = 0.25                # a pixel "changed" when a channel moved by mor
 PNG_MAX_CHANGED = 4              # ... and at most this many may have changed (anti-aliasing noise)
 # one-time messages of a fresh installation, never part of a notebook's output (dropped before writing and comparing)
 IGNORED_LINES = re.compile(r'^Matplotlib is building the font cache')
-NUM_REL = 1e-3                   # a printed decimal number may differ by this relative amount, or by one unit of its
-                                 # last printed digit (1.1612 vs 1.1613): CPUs differ in the last bits of float sums
+NUM_REL = 5e-3                   # a printed decimal number may differ by this relative amount, or by one unit of its
+                                 # last printed digit (1.1612 vs 1.1613): CPUs differ in the last bits of float sums, and a
+                                 # gradient norm after a short trajectory printed 0.02531 on one and 0.02535 (0.16 %) on a Zen 4
 _DECIMAL = re.compile(r'[-+]?\d+\.\d+(?:[eE][-+]?\d+)?')
 
 
