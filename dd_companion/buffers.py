@@ -434,7 +434,8 @@ def build_experts(cfg: ExpertConfig | str = 'quick', *, data: RealData | None = 
     done, todo = _missing_experts(cfg, folder)
     while todo:
         for i in _train_experts(cfg, folder, todo, done, data, device, compile, progress):     # those another process trains
-            with file_lock(_expert_lock(folder, i), message=f'waiting for another process training expert {i} of the buffer {folder} ...'): pass
+            waiting = f'waiting for another process training expert {i} of the buffer {folder} ...'
+            with file_lock(_expert_lock(folder, i), message=waiting): pass
         done, todo = _missing_experts(cfg, folder)                  # an expert whose trainer died is still missing: train it
     return ExpertBuffer(folder, num_experts=cfg.num_experts, epochs=cfg.epochs)
 

@@ -301,7 +301,7 @@ def _locked(path, when_busy):
         finally:
             if held: fcntl.flock(f, fcntl.LOCK_UN)
 
-def file_lock(path, poll: float = 0.5, message: str | None = None):
+def file_lock(path, message: str | None = None):
     "Hold an exclusive advisory lock on `path` for the duration of the block (waits for other holders, naming them)."
     def wait(f, path):
         if message: print(f'{message} (held by {lock_holder(path)})', file=sys.stderr)

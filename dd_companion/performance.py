@@ -645,10 +645,13 @@ def bf16_native(flags: list | None = None) -> bool:
     try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError): return False
 
+@functools.cache
+def _bf16_native_here() -> bool: return bf16_native()      # read once per process: `auto` asks at every iteration
+
 def auto_engine(fm: FlatModel, device='cpu', flags: list | None = None) -> str:
     "The engine `meta_grad='auto'` runs for `fm` on `device`: the ConvNet kernels on a CPU (bf16 tangents where native), else `checkpointed`."
     if torch.device(device).type != 'cpu' or convnet_layout(fm) is None: return 'checkpointed'
-    return 'fast_convnet_mixed' if bf16_native(flags) else 'fast_convnet'
+    return 'fast_convnet_mixed' if (_bf16_native_here() if flags is None else bf16_native(flags)) else 'fast_convnet'
 
 # %% ../nbs/12_performance.ipynb #cell-056-1-1
 def _console_command() -> str:
