@@ -281,7 +281,8 @@ def accuracy_bars(ax, records: list, keys, *, field: str = 'method', labels=None
 
 # %% ../nbs/14_experiments.ipynb #cell-035
 def timing_only(cfg: DistillConfig) -> DistillConfig:
-    "`cfg` with nothing learned (learning rates 0, no loss gate): the same work per iteration on stand-in experts, whose trajectories carry no signal."
+    """`cfg` with nothing learned (learning rates 0, no loss gate): the same work per iteration on stand-in experts,
+    whose trajectories carry no signal (their meta-gradients could drive the step size negative)."""
     return replace(cfg, lr_img=0.0, lr_lr=0.0, lr_y=0.0, threshold=None)
 
 def cost_benchmark(methods=('datm', 'datm+fusion', 'datm+update', 'datm-clr'), *, scale: str = 'smoke', iterations: int = 5,
@@ -290,11 +291,14 @@ def cost_benchmark(methods=('datm', 'datm+fusion', 'datm+update', 'datm-clr'), *
     if baseline not in methods: raise DDError(f"baseline {baseline!r} must be one of the measured methods {list(methods)}.")
     check_range('iterations', iterations, 2, None, int)
     tmp = Path(tempfile.mkdtemp(prefix='dd-cost-'))
-    runs = {}
+    runs, stand_ins = {}, {}                     # one stand-in buffer per expert configuration, shared by the methods
     for m in methods:
         cfg = experiment_config(scale, m, ipc=ipc, seed=seed, **overrides)
         data = dataset_for(cfg)
-        if stand_in: cfg, buffer = timing_only(cfg), stand_in_buffer(cfg.expert_cfg(), data, tmp / 'experts' / cfg.expert_cfg().key)
+        if stand_in:
+            ecfg, cfg = cfg.expert_cfg(), timing_only(cfg)
+            if ecfg.key not in stand_ins: stand_ins[ecfg.key] = stand_in_buffer(ecfg, data, tmp / 'experts' / ecfg.key)
+            buffer = stand_ins[ecfg.key]
         else: buffer = experts_for(cfg)
         runs[m] = Distiller(cfg, data=data, buffer=buffer, out_dir=tmp / m.replace('+', '_'), progress=False, resume=False)
     for _ in range(iterations):

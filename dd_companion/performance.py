@@ -32,8 +32,8 @@ __all__ = ['FAST_CHUNK', 'KERNELS', 'PRECISIONS', 'meta_gradient_fast_compiled',
            'convnet_step_gradient', 'convnet_step_hvp', 'meta_gradient_fast', 'meta_gradient_auto', 'benchmark_problem',
            'run_engine', 'interleaved_order', 'paired_ratios', 'time_engines', 'measure_in_subprocess',
            'compare_evaluation', 'expert_epoch_times', 'count_flops', 'convnet_forward_flops', 'iteration_flops',
-           'training_step_rate', 'cpu_flags', 'matmul_rate', 'bf16_verdict', 'machine_peak', 'achieved_rate',
-           'bf16_native', 'auto_engine', 'time_reproduce']
+           'training_step_rate', 'cpu_flags', 'matmul_rate', 'bf16_verdict', 'mkldnn_bf16_supported', 'machine_peak',
+           'achieved_rate', 'bf16_native', 'auto_engine', 'time_reproduce']
 
 # %% ../nbs/12_performance.ipynb #cell-005
 def chunk_slices(n: int, chunk: int | None) -> list:
@@ -610,6 +610,11 @@ def bf16_verdict(bf16_over_fp32: float | None) -> str:
     if bf16_over_fp32 is None: return 'unavailable'
     return 'native' if bf16_over_fp32 >= BF16_NATIVE_FACTOR else 'emulated'
 
+def mkldnn_bf16_supported() -> bool | None:
+    "Whether oneDNN says it can run bf16 on this CPU (None where this torch cannot tell)."
+    try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError): return None
+
 def machine_peak(sizes=(1024, 2048), reps: int = 3, device: str = 'cpu') -> dict:
     "Peak matmul GFLOP/s in fp32 and (where it runs) bf16, whether bf16 is native here, and the CPU's relevant features."
     fp32 = matmul_rate('float32', sizes, reps, device)
@@ -617,8 +622,7 @@ def machine_peak(sizes=(1024, 2048), reps: int = 3, device: str = 'cpu') -> dict
     except (RuntimeError, TypeError, NotImplementedError) as e: bf16 = {'dtype': 'bfloat16', 'error': f'{type(e).__name__}: {e}'[:300]}
     factor = bf16['gflops_per_s'] / fp32['gflops_per_s'] if 'gflops_per_s' in bf16 else None
     verdict = bf16_verdict(factor)
-    try: mkldnn_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError): mkldnn_bf16 = None
+    mkldnn_bf16 = mkldnn_bf16_supported()
     flags = cpu_flags() if torch.device(device).type == 'cpu' else []
     note = (f"fp32 peak {fp32['gflops_per_s']:.0f} GFLOP/s on {fp32['threads']} thread(s); bf16: " +
             ('does not run: ' + bf16['error'] if factor is None else
@@ -641,9 +645,7 @@ BF16_UNITS = ('amx_bf16', 'avx512_bf16')
 
 def bf16_native(flags: list | None = None) -> bool:
     "Whether this CPU has bf16 arithmetic units (`BF16_UNITS` among its feature `flags`, default /proc/cpuinfo's) that oneDNN uses."
-    if not set(BF16_UNITS) & set(cpu_flags() if flags is None else flags): return False
-    try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError): return False
+    return bool(set(BF16_UNITS) & set(cpu_flags() if flags is None else flags)) and bool(mkldnn_bf16_supported())
 
 @functools.cache
 def _bf16_native_here() -> bool: return bf16_native()      # read once per process: `auto` asks at every iteration

@@ -10,9 +10,9 @@ inexact one's are reported). Only ratios of one run mean anything on a shared ma
 raw result.
 
 `--peak` also measures the machine's peak arithmetic rate (`performance.machine_peak`: large fp32 and bf16 matrix
-products, same thread count) just before and just after the engines (the higher of the two is the peak), counts each engine's operations
-(`performance.iteration_flops`) and prints the achieved GFLOP/s as a fraction of that peak: the bound on how much
-faster any implementation of the same arithmetic in that precision could be.
+products, same thread count) just before and just after the engines (the higher of the two is the peak), counts
+each engine's operations (`performance.iteration_flops`) and prints the achieved GFLOP/s as a fraction of that
+peak: the bound on how much faster any implementation of the same arithmetic in that precision could be.
 """
 import argparse, json, os, sys, time
 
